@@ -1,0 +1,1 @@
+"""Push campaigns, scheduling and delivery; arrives with the campaigns issue."""

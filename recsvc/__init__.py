@@ -1,0 +1,1 @@
+"""recsvc core: config, domain types, artifacts, registry and the recommendation engine."""

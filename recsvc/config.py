@@ -1,0 +1,202 @@
+"""Typed settings: `configs/*.toml` first, `RECSVC_*` environment variables over it.
+
+One validated object is built at start-up by `load_settings` and passed down; nothing reads
+configuration at import time. A wrong value stops start-up with a message naming its key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from recsvc.errors import ConfigError
+
+DEFAULT_CONFIG = Path("configs/default.toml")
+CONFIG_ENV = "RECSVC_CONFIG"
+
+
+class Section(BaseModel):
+    """A config table: unknown keys are typos, so they are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventType(Section):
+    """How much one event of a type says about a user's interest in an item."""
+
+    weight: float = Field(ge=0.0)
+    value: Literal["ignore", "linear", "log1p"] = "ignore"
+    exclude_from_recommendations: bool = False
+
+
+def _default_event_types() -> dict[str, EventType]:
+    return {
+        "view": EventType(weight=1.0),
+        "add_to_cart": EventType(weight=4.0),
+        "favorite": EventType(weight=3.0),
+        "purchase": EventType(weight=8.0, exclude_from_recommendations=True),
+        "rate": EventType(weight=1.0, value="linear"),
+        "play": EventType(weight=1.0, value="log1p"),
+        "push_open": EventType(weight=2.0),
+        "dismiss": EventType(weight=0.0, exclude_from_recommendations=True),
+    }
+
+
+class EventsConfig(Section):
+    types: dict[str, EventType] = Field(default_factory=_default_event_types)
+    half_life_days: float = Field(default=30.0, ge=0.0)
+    max_id_length: int = Field(default=256, ge=1)
+
+
+class DataConfig(Section):
+    events_dir: Path = Path("var/events")
+    on_error: Literal["fail", "skip"] = "fail"
+
+
+class AlsConfig(Section):
+    factors: int = Field(default=64, ge=1)
+    regularization: float = Field(default=0.05, ge=0.0)
+    alpha: float = Field(default=2.0, gt=0.0)
+    iterations: int = Field(default=15, ge=1)
+
+
+class BprConfig(Section):
+    factors: int = Field(default=64, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0.0)
+    regularization: float = Field(default=0.01, ge=0.0)
+    iterations: int = Field(default=100, ge=1)
+
+
+class TrainingConfig(Section):
+    model: Literal["als", "bpr"] = "als"
+    als: AlsConfig = Field(default_factory=AlsConfig)
+    bpr: BprConfig = Field(default_factory=BprConfig)
+    min_user_interactions: int = Field(default=1, ge=1)
+    min_item_interactions: int = Field(default=1, ge=1)
+    refit_on_full_data: bool = False
+    num_threads: int = Field(default=0, ge=0)
+    random_state: int = 42
+
+
+class EvaluationConfig(Section):
+    split: Literal["leave_last", "time_cut"] = "leave_last"
+    holdout_per_user: int = Field(default=1, ge=1)
+    time_cut_quantile: float = Field(default=0.9, gt=0.0, lt=1.0)
+    k: int = Field(default=10, ge=1)
+    max_users: int = Field(default=10_000, ge=1)
+    promote_metric: str = "ndcg@10"
+
+    @model_validator(mode="after")
+    def _metric_is_known(self) -> EvaluationConfig:
+        name, _, k = self.promote_metric.partition("@")
+        known = {"precision", "recall", "ndcg", "map", "hit_rate", "coverage"}
+        if name not in known or not k.isdigit():
+            raise ValueError(f"promote_metric must look like 'ndcg@10' with a name in {sorted(known)}")
+        return self
+
+
+class IndexConfig(Section):
+    exact_max_items: int = Field(default=50_000, ge=1)
+    hnsw_m: int = Field(default=32, ge=4)
+    hnsw_ef_construction: int = Field(default=200, ge=8)
+    hnsw_ef_search: int = Field(default=128, ge=8)
+    recall_queries: int = Field(default=1_000, ge=1)
+    recall_k: int = Field(default=10, ge=1)
+
+
+class RegistryConfig(Section):
+    dir: Path = Path("var/models")
+
+
+class SynthConfig(Section):
+    users: int = Field(default=5_000, ge=1)
+    items: int = Field(default=2_000, ge=1)
+    events: int = Field(default=200_000, ge=1)
+    categories: int = Field(default=20, ge=1)
+    days: int = Field(default=28, ge=1)
+    seed: int = 7
+
+
+class RedisConfig(Section):
+    url: str = ""
+    prefix: str = "recsvc"
+    embedded_path: Path = Path("var/redis/recsvc.db")
+
+
+class Settings(BaseSettings):
+    """Every setting of recsvc; `configs/default.toml` documents each key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSVC_", env_nested_delimiter="__", extra="forbid", toml_file=None
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    """The config file to read: the explicit one, else `RECSVC_CONFIG`, else the default."""
+    if explicit is not None:
+        return Path(explicit)
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read and validate settings, turning any problem into a `ConfigError` naming the key."""
+    toml_file = config_path(path)
+    if not toml_file.is_file():
+        raise ConfigError(f"config file not found: {toml_file}", key=str(toml_file))
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=toml_file)
+
+    try:
+        loaded = _FromFile()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, toml_file), key=_first_key(exc)) from exc
+    except ValueError as exc:  # a TOML syntax error
+        raise ConfigError(f"{toml_file}: {exc}", key=str(toml_file)) from exc
+    return loaded
+
+
+def _first_key(exc: ValidationError) -> str:
+    return ".".join(str(part) for part in exc.errors()[0]["loc"])
+
+
+def _describe(exc: ValidationError, toml_file: Path) -> str:
+    lines = [f"invalid configuration ({toml_file} and RECSVC_* environment):"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        lines.append(f"  {key}: {error['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""HTTP API (FastAPI) for apps and admins; arrives with the serving issue."""
