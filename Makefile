@@ -15,8 +15,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# EVENTS=path trains on your own event files or dataset folder instead of synthetic data.
+EVENTS ?=
+DATA_DIR := var/data
+
 run: $(STAMP)
-	$(BIN)/python -m recsvc.quickstart --config $(CONFIG)
+ifeq ($(EVENTS),)
+	@test -d $(DATA_DIR)/events || $(BIN)/recsvc data synth --config $(CONFIG) --out $(DATA_DIR)
+	$(BIN)/recsvc train --config $(CONFIG) --events $(DATA_DIR) --promote-if-better
+else
+	$(BIN)/recsvc train --config $(CONFIG) --events $(EVENTS) --promote-if-better
+endif
+	$(BIN)/recsvc models list --config $(CONFIG)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -58,7 +58,7 @@ class EventsConfig(Section):
 
 
 class DataConfig(Section):
-    events_dir: Path = Path("var/events")
+    dir: Path = Path("var/data")
     on_error: Literal["fail", "skip"] = "fail"
 
 

@@ -1,0 +1,174 @@
+"""The `recsvc` command: a thin argparse shell whose subcommands come from every layer.
+
+Layers above `recsvc` (training, serving, notifier) register their subcommands through the
+`recsvc.commands` entry-point group, so this bottom layer never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from recsvc.config import Settings, load_settings
+from recsvc.errors import ConfigError, RecsvcError
+from recsvc.registry import Registry
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand accepts, so `--config` may follow the subcommand name."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="TOML config file (default: $RECSVC_CONFIG or configs/default.toml)",
+    )
+    return parent
+
+
+def registry_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", type=Path, help="model registry folder (default: [registry] dir)")
+
+
+def open_registry(args: argparse.Namespace, settings: Settings) -> Registry:
+    return Registry(args.registry or settings.registry.dir)
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _models_list(args: argparse.Namespace, settings: Settings) -> int:
+    registry = open_registry(args, settings)
+    rows = []
+    for info in registry.versions():
+        metrics = registry.manifest(info.version).get("metrics", {})
+        rows.append(
+            {
+                "version": info.version,
+                "current": info.current,
+                "created_at": info.created_at,
+                "metrics": metrics,
+            }
+        )
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print(f"no models in {registry.root}")
+        return 0
+    metric = settings.evaluation.promote_metric
+    print(f"{'':2}{'version':<10}{'created (UTC)':<28}{metric + ' model':>16}{'popularity':>12}")
+    for row in rows:
+        model = row["metrics"].get("model", {}).get(metric)
+        popular = row["metrics"].get("popularity", {}).get(metric)
+        print(
+            f"{'*' if row['current'] else ' ':2}{row['version']:<10}{row['created_at']:<28}"
+            f"{_fmt(model):>16}{_fmt(popular):>12}"
+        )
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _models_show(args: argparse.Namespace, settings: Settings) -> int:
+    registry = open_registry(args, settings)
+    manifest = registry.manifest(args.version)
+    if args.json:
+        print_json(manifest)
+        return 0
+    print(f"version {args.version}{' (current)' if registry.current() == args.version else ''}")
+    print(f"created {manifest.get('created_at')}")
+    print("parameters: " + json.dumps(manifest.get("parameters", {}).get("model")), end=" ")
+    print(json.dumps({k: v for k, v in manifest.get("parameters", {}).items() if k != "event_weights"}))
+    data = manifest.get("data", {})
+    print(f"data: {data.get('events')} events, {data.get('users')} users, {data.get('items')} items")
+    metrics = manifest.get("metrics", {})
+    print(metrics_table(metrics.get("model", {}), metrics.get("popularity", {})))
+    print("index: " + json.dumps(manifest.get("index", {})))
+    return 0
+
+
+def metrics_table(model: dict[str, float], popularity: dict[str, float]) -> str:
+    """Model beside the popularity baseline, one metric a row, with the lift."""
+    lines = [f"{'metric':<14}{'model':>10}{'popularity':>12}{'lift':>10}"]
+    for name, value in model.items():
+        base = popularity.get(name)
+        lift = f"{(value / base - 1) * 100:+.0f}%" if base else "-"
+        lines.append(f"{name:<14}{value:>10.4f}{_fmt(base):>12}{lift:>10}")
+    return "\n".join(lines)
+
+
+def _models_promote(args: argparse.Namespace, settings: Settings) -> int:
+    registry = open_registry(args, settings)
+    registry.promote(args.version)
+    print(f"current model: {registry.current()}")
+    return 0
+
+
+def _models_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    registry = open_registry(args, settings)
+    print(f"current model: {registry.rollback()}")
+    return 0
+
+
+def _register_models(subparsers: Subparsers, parent: argparse.ArgumentParser) -> None:
+    models = subparsers.add_parser("models", help="list, inspect, promote and roll back model versions")
+    actions = models.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", parents=[parent], help="every version, oldest first")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=_models_list)
+    show = actions.add_parser("show", parents=[parent], help="one version's manifest")
+    show.add_argument("version")
+    show.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    show.set_defaults(handler=_models_show)
+    promote = actions.add_parser("promote", parents=[parent], help="make a version current (atomic)")
+    promote.add_argument("version")
+    promote.set_defaults(handler=_models_promote)
+    rollback = actions.add_parser("rollback", parents=[parent], help="return to the previous current")
+    rollback.set_defaults(handler=_models_rollback)
+    for parser in (listing, show, promote, rollback):
+        registry_option(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: built-in subcommands plus every registered layer's."""
+    parent = common_options()
+    parser = argparse.ArgumentParser(prog="recsvc", parents=[parent], description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _register_models(subparsers, parent)
+    for entry in sorted(entry_points(group="recsvc.commands"), key=lambda e: e.name):
+        entry.load()(subparsers, parent)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, load settings, run the chosen handler; deliberate errors print without a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(getattr(args, "config", None))
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        handler: Handler = args.handler
+        return handler(args, settings)
+    except ConfigError as exc:
+        print(f"recsvc: {exc.detail}", file=sys.stderr)
+        return 2
+    except RecsvcError as exc:
+        print(f"recsvc: {exc.detail}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Confidence weights of events: the type's weight, scaled by the event's value, decayed by age.
+
+Training and real-time fold-in both turn events into confidences, so both use this one
+function: a purchase weighs the same in the nightly model and in the answer to the next request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from recsvc.config import EventsConfig
+from recsvc.errors import InputError
+
+MICROS_PER_DAY = 86_400 * 1_000_000
+
+
+def decay_factors(
+    ts_us: npt.NDArray[np.int64], *, reference_us: int, half_life_days: float
+) -> npt.NDArray[np.float32]:
+    """0.5 ** (age / half-life); events newer than the reference count fully (no boost)."""
+    if half_life_days <= 0:
+        return np.ones(len(ts_us), dtype=np.float32)
+    age_days = np.maximum(reference_us - ts_us, 0).astype(np.float64) / MICROS_PER_DAY
+    return np.exp2(-age_days / half_life_days).astype(np.float32)
+
+
+def type_weights(
+    type_codes: npt.NDArray[np.integer],
+    type_names: Sequence[str],
+    values: npt.NDArray[np.float64] | None,
+    config: EventsConfig,
+) -> npt.NDArray[np.float32]:
+    """Per-event weight before decay, from dictionary-encoded types (codes index `type_names`).
+
+    A missing value (NaN) counts as 1 for value-scaled types; negative values count as 0, so a
+    bad rating can lower but never invert a preference.
+    """
+    unknown = [name for name in type_names if name not in config.types]
+    if unknown:
+        raise InputError(f"unknown event type(s) {sorted(unknown)}; configure them under [events.types]")
+    weights = np.array([config.types[name].weight for name in type_names], dtype=np.float32)[type_codes]
+    if values is None:
+        return weights
+    for code, name in enumerate(type_names):
+        transform = config.types[name].value
+        if transform == "ignore":
+            continue
+        rows = type_codes == code
+        scale = np.nan_to_num(values[rows], nan=1.0).clip(min=0.0)
+        if transform == "log1p":
+            scale = np.log1p(scale)
+        weights[rows] *= scale.astype(np.float32)
+    return weights
+

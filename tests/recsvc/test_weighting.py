@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsvc.config import EventsConfig, EventType
+from recsvc.errors import InputError
+from recsvc.weighting import MICROS_PER_DAY, decay_factors, type_weights
+
+CONFIG = EventsConfig(
+    types={
+        "view": EventType(weight=1.0),
+        "purchase": EventType(weight=8.0),
+        "rate": EventType(weight=0.5, value="linear"),
+        "play": EventType(weight=2.0, value="log1p"),
+    },
+    half_life_days=10.0,
+)
+NAMES = ["view", "purchase", "rate", "play"]
+
+
+def test_decay_halves_every_half_life() -> None:
+    reference = 100 * MICROS_PER_DAY
+    ts = np.array([reference, reference - 10 * MICROS_PER_DAY, reference - 30 * MICROS_PER_DAY], np.int64)
+    decay = decay_factors(ts, reference_us=reference, half_life_days=10.0)
+    np.testing.assert_allclose(decay, [1.0, 0.5, 0.125], rtol=1e-6)
+
+
+def test_future_events_are_not_boosted_and_zero_half_life_disables_decay() -> None:
+    ts = np.array([5 * MICROS_PER_DAY, 0], np.int64)
+    assert decay_factors(ts, reference_us=0, half_life_days=10.0)[0] == 1.0
+    np.testing.assert_array_equal(decay_factors(ts, reference_us=10**12, half_life_days=0.0), [1.0, 1.0])
+
+
+def test_type_weights_scale_by_value_as_configured() -> None:
+    codes = np.array([0, 1, 2, 2, 3, 3])
+    values = np.array([9.0, 9.0, 4.0, np.nan, np.e - 1, -5.0])
+    weights = type_weights(codes, NAMES, values, CONFIG)
+    # view ignores its value; purchase too; rate 0.5*4 and 0.5*1 (missing = 1); play 2*log1p(e-1) = 2
+    # and a negative play count counts as nothing.
+    np.testing.assert_allclose(weights, [1.0, 8.0, 2.0, 0.5, 2.0, 0.0], rtol=1e-6)
+
+
+def test_unknown_type_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="'like'"):
+        type_weights(np.array([0]), ["like"], None, CONFIG)

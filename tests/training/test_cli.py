@@ -1,0 +1,77 @@
+"""`recsvc` commands a data scientist runs, on the real MovieLens 100K data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recsvc.cli import main
+from recsvc.config import Settings
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def movielens(settings: Settings, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    out = tmp_path / "ml100k"
+    code, text, _ = run(capsys, "data", "import", "movielens", str(shared_data / "movielens-100k"), "--out", str(out))
+    assert code == 0 and "100,000 events" in text
+    return out
+
+
+def test_train_list_show_promote_rollback(
+    settings: Settings, movielens: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = str(tmp_path / "registry")
+    code, text, _ = run(capsys, "train", "--events", str(movielens), "--registry", registry, "--json")
+    assert code == 0
+    trained = json.loads(text)
+    first = trained["version"]
+    metrics = trained["metrics"]
+    assert metrics["model"]["ndcg@10"] > metrics["popularity"]["ndcg@10"]
+    assert trained["data"]["users"] == 943 and trained["data"]["events"] == 100_000
+
+    code, text, _ = run(capsys, "train", "--events", str(movielens), "--registry", registry, "--promote")
+    assert code == 0 and "ndcg@10" in text and "promoted as asked" in text
+
+    code, text, _ = run(capsys, "models", "list", "--registry", registry, "--json")
+    versions = json.loads(text)
+    assert [v["version"] for v in versions][0] == first and len(versions) == 2
+    assert [v["current"] for v in versions] == [False, True]
+
+    code, text, _ = run(capsys, "models", "show", first, "--registry", registry, "--json")
+    shown = json.loads(text)
+    assert shown["metrics"] == metrics and shown["schema_version"] >= 1
+    assert shown["data"]["items"] == 1682
+
+    assert run(capsys, "models", "promote", first, "--registry", registry)[0] == 0
+    code, text, _ = run(capsys, "models", "rollback", "--registry", registry)
+    assert code == 0 and versions[1]["version"] in text
+    code, _, err = run(capsys, "models", "rollback", "--registry", registry)
+    assert code == 1 and "roll" in err.lower()
+
+
+def test_unknown_version_and_bad_config_are_clear_errors(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "models", "show", "v999999", "--registry", str(tmp_path))
+    assert code == 1 and "v999999" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training]\nmodel = 'svd'\n")
+    code, _, err = run(capsys, "models", "list", "--config", str(bad))
+    assert code == 2 and "training.model" in err
+
+
+def test_train_reports_bad_rows_with_file_and_line(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,type,ts\nu1,a,view,2024-01-01T00:00:00Z\nu1,b,view,yesterday\n")
+    code, _, err = run(capsys, "train", "--events", str(events))
+    assert code == 1 and "events.csv:3" in err and "yesterday" in err

@@ -1,0 +1,107 @@
+"""The whole training run on data whose right answer is known by construction."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsvc import ann
+from recsvc.config import Settings
+from recsvc.registry import Registry
+from training import pipeline
+
+BLOCK = 20  # items per taste block
+
+
+def write_planted_events(path: Path, *, users_per_group: int = 60, seed: int = 0) -> None:
+    """Two groups of users, each liking only its own block of 20 items, plus one item everyone views.
+
+    A popularity ranking can only recommend the shared item and the other block's items equally;
+    a model that finds the structure recommends the user's own block.
+    """
+    rng = np.random.default_rng(seed)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user_id", "item_id", "type", "ts"])
+        for group in (0, 1):
+            for n in range(users_per_group):
+                user = f"g{group}-u{n}"
+                items = rng.choice(BLOCK, size=8, replace=False) + group * BLOCK
+                moments = sorted(rng.integers(0, 30 * 24, size=len(items) + 1))
+                writer.writerow([user, "shared", "view", (start + timedelta(hours=int(moments[0]))).isoformat()])
+                for item, hour in zip(items, moments[1:], strict=True):
+                    when = (start + timedelta(hours=int(hour))).isoformat()
+                    writer.writerow([user, f"i{item}", "view", when])
+                    if rng.random() < 0.3:
+                        writer.writerow([user, f"i{item}", "purchase", when])
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> Path:
+    path = tmp_path / "events.csv"
+    write_planted_events(path)
+    return path
+
+
+def small(settings: Settings) -> Settings:
+    als = settings.training.als.model_copy(update={"factors": 8, "iterations": 20, "regularization": 0.1})
+    return settings.model_copy(update={"training": settings.training.model_copy(update={"als": als})})
+
+
+def test_model_finds_the_planted_blocks_and_beats_popularity(settings: Settings, planted: Path) -> None:
+    result = pipeline.train(small(settings), events=planted)
+    metrics = result.manifest["metrics"]
+    assert metrics["model"]["ndcg@10"] > metrics["popularity"]["ndcg@10"] + 0.1
+    artifact = result.artifact
+    for user in ("g0-u3", "g1-u7"):
+        row = artifact.user_ids.index_of(user)
+        assert row is not None
+        _, ids = ann.search(artifact.index, artifact.user_factors[row : row + 1], 10, metric="ip")
+        names = [artifact.item_ids.id_at(int(i)) for i in ids[0] if i >= 0]
+        block = {f"i{n + BLOCK * int(user[1])}" for n in range(BLOCK)}
+        assert len(set(names) & block) >= 8, names
+
+
+def test_manifest_describes_data_split_parameters_and_index(settings: Settings, planted: Path) -> None:
+    manifest = pipeline.train(small(settings), events=planted).manifest
+    data = manifest["data"]
+    assert data["users"] == 120 and data["items"] == 2 * BLOCK + 1
+    assert data["event_types"]["view"] == 120 * 9
+    assert data["held_out_users"] > 100
+    assert manifest["parameters"]["model"] == "als" and manifest["parameters"]["factors"] == 8
+    assert manifest["index"]["kind"] == "flat" and manifest["index"]["recall"] == 1.0
+    assert set(manifest["metrics"]["model"]) == {
+        f"{name}@10" for name in ("precision", "recall", "ndcg", "map", "hit_rate", "coverage")
+    }
+
+
+def test_bpr_trains_through_the_same_pipeline(settings: Settings, planted: Path) -> None:
+    bpr = settings.training.bpr.model_copy(update={"factors": 8, "iterations": 200})
+    config = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"model": "bpr", "bpr": bpr})}
+    )
+    manifest = pipeline.train(config, events=planted).manifest
+    assert manifest["parameters"]["model"] == "bpr"
+    assert manifest["metrics"]["model"]["ndcg@10"] > manifest["metrics"]["popularity"]["ndcg@10"]
+
+
+def test_promote_if_better_keeps_a_better_current_model(settings: Settings, planted: Path) -> None:
+    registry = Registry(settings.registry.dir)
+    good = pipeline.train(small(settings), events=planted)
+    first, promoted, _ = pipeline.publish(settings, good, registry, promote_if_better=True)
+    assert promoted and registry.current() == first
+
+    weak_als = settings.training.als.model_copy(update={"factors": 1, "iterations": 1})
+    weak = settings.model_copy(update={"training": settings.training.model_copy(update={"als": weak_als})})
+    second, promoted, reason = pipeline.publish(
+        weak, pipeline.train(weak, events=planted), registry, promote_if_better=True
+    )
+    assert not promoted and registry.current() == first, reason
+
+    third, promoted, _ = pipeline.publish(settings, good, registry, promote_if_better=False)
+    assert not promoted and [v.version for v in registry.versions()] == [first, second, third]
