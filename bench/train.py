@@ -59,7 +59,9 @@ def run_child(command: list[str], env: dict[str, str]) -> tuple[float, float, st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=20_000_000)
@@ -78,29 +80,42 @@ def main() -> None:
     if args.data is None:
         print(f"synthesizing {args.users:,} users x {args.items:,} items x {args.events:,} events ...")
         seconds, _, _ = run_child(
-            [*RECSVC, "data", "synth", "--users", str(args.users), "--items", str(args.items),
-             "--events", str(args.events)],
+            [
+                *RECSVC,
+                "data",
+                "synth",
+                "--users",
+                str(args.users),
+                "--items",
+                str(args.items),
+                "--events",
+                str(args.events),
+            ],
             env,
         )
         print(f"  {seconds:.0f}s")
 
-    raw_seconds, raw_peak, out = run_child([sys.executable, "-c", RAW_FIT, config], env)
+    _, raw_peak, out = run_child([sys.executable, "-c", RAW_FIT, config], env)
     raw = json.loads(out)
     e2e_seconds, e2e_peak, out = run_child([*RECSVC, "train", "--json"], env)
     manifest = json.loads(out)
     reference = raw["read"] + raw["fit"]
 
-    print(f"data: {manifest['data']['events']:,} events, {manifest['data']['users']:,} users, "
-          f"{manifest['data']['items']:,} items, {raw['nnz']:,} matrix cells; {os.cpu_count()} cores")
+    print(
+        f"data: {manifest['data']['events']:,} events, {manifest['data']['users']:,} users, "
+        f"{manifest['data']['items']:,} items, {raw['nnz']:,} matrix cells; {os.cpu_count()} cores"
+    )
     print(f"{'measurement':<44}{'seconds':>10}{'peak GiB':>10}")
     print(f"{'read event files (recsvc reader)':<44}{raw['read']:>10.1f}")
     print(f"{'implicit ALS fit, raw':<44}{raw['fit']:>10.1f}{raw_peak:>10.2f}")
     print(f"{'recsvc train, end to end (process wall)':<44}{e2e_seconds:>10.1f}{e2e_peak:>10.2f}")
     print(f"ratio end-to-end / (read + raw fit) = {e2e_seconds / reference:.2f}  (target <= 1.5)")
     index = manifest["index"]
-    print(f"index {index['kind']} recall@{index['recall_k']} = {index['recall']:.4f}; "
-          f"ndcg@10 model {manifest['metrics']['model']['ndcg@10']:.4f} "
-          f"vs popularity {manifest['metrics']['popularity']['ndcg@10']:.4f}")
+    print(
+        f"index {index['kind']} recall@{index['recall_k']} = {index['recall']:.4f}; "
+        f"ndcg@10 model {manifest['metrics']['model']['ndcg@10']:.4f} "
+        f"vs popularity {manifest['metrics']['popularity']['ndcg@10']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 from recsvc.config import Settings, load_settings
 from recsvc.errors import ConfigError, RecsvcError
 from recsvc.registry import Registry
+from recsvc.report import fmt, metrics_table
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 Subparsers = Any  # argparse's _SubParsersAction is private
@@ -74,13 +75,9 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
         popular = row["metrics"].get("popularity", {}).get(metric)
         print(
             f"{'*' if row['current'] else ' ':2}{row['version']:<10}{row['created_at']:<28}"
-            f"{_fmt(model):>16}{_fmt(popular):>12}"
+            f"{fmt(model):>16}{fmt(popular):>12}"
         )
     return 0
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def _models_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -99,16 +96,6 @@ def _models_show(args: argparse.Namespace, settings: Settings) -> int:
     print(metrics_table(metrics.get("model", {}), metrics.get("popularity", {})))
     print("index: " + json.dumps(manifest.get("index", {})))
     return 0
-
-
-def metrics_table(model: dict[str, float], popularity: dict[str, float]) -> str:
-    """Model beside the popularity baseline, one metric a row, with the lift."""
-    lines = [f"{'metric':<14}{'model':>10}{'popularity':>12}{'lift':>10}"]
-    for name, value in model.items():
-        base = popularity.get(name)
-        lift = f"{(value / base - 1) * 100:+.0f}%" if base else "-"
-        lines.append(f"{name:<14}{value:>10.4f}{_fmt(base):>12}{lift:>10}")
-    return "\n".join(lines)
 
 
 def _models_promote(args: argparse.Namespace, settings: Settings) -> int:
@@ -159,7 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(getattr(args, "config", None))
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         handler: Handler = args.handler
         return handler(args, settings)
     except ConfigError as exc:

@@ -41,7 +41,8 @@ def type_weights(
     unknown = [name for name in type_names if name not in config.types]
     if unknown:
         raise InputError(f"unknown event type(s) {sorted(unknown)}; configure them under [events.types]")
-    weights = np.array([config.types[name].weight for name in type_names], dtype=np.float32)[type_codes]
+    per_type = np.array([config.types[name].weight for name in type_names], dtype=np.float32)
+    weights: npt.NDArray[np.float32] = per_type[type_codes]
     if values is None:
         return weights
     for code, name in enumerate(type_names):
@@ -54,4 +55,3 @@ def type_weights(
             scale = np.log1p(scale)
         weights[rows] *= scale.astype(np.float32)
     return weights
-

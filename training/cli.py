@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recsvc.cli import metrics_table, open_registry, print_json, registry_option
+from recsvc.cli import open_registry, print_json, registry_option
 from recsvc.config import Settings
 from training import importers, pipeline, synth, tune
 
@@ -121,6 +121,3 @@ def register_tune(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the search")
     parser.add_argument("--json", action="store_true", help="print every trial as JSON")
     parser.set_defaults(handler=_tune)
-
-
-__all__ = ["metrics_table", "register_data", "register_train", "register_tune"]

@@ -113,17 +113,13 @@ def encode_events(table: pa.Table, config: EventsConfig) -> EncodedEvents:
 def interaction_matrix(events: EncodedEvents) -> sp.csr_matrix:
     """Sum the confidences of repeated (user, item) events into one CSR cell each."""
     shape = (len(events.user_ids), len(events.item_ids))
-    matrix = sp.csr_matrix(
-        (events.weights, (events.users, events.items)), shape=shape, dtype=np.float32
-    )
+    matrix = sp.csr_matrix((events.weights, (events.users, events.items)), shape=shape, dtype=np.float32)
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
     return matrix
 
 
-def min_interactions_mask(
-    events: EncodedEvents, *, min_user: int, min_item: int
-) -> npt.NDArray[np.bool_]:
+def min_interactions_mask(events: EncodedEvents, *, min_user: int, min_item: int) -> npt.NDArray[np.bool_]:
     """Events of users and items with enough distinct partners to learn from.
 
     One pass: users are counted first, then items among the remaining users, so the result is

@@ -68,7 +68,9 @@ def load_events(settings: Settings, paths: Sequence[Path]) -> io.LoadedEvents:
     )
 
 
-def dataset_inputs(settings: Settings, events: Path | None, items: Path | None) -> tuple[list[Path], Path | None]:
+def dataset_inputs(
+    settings: Settings, events: Path | None, items: Path | None
+) -> tuple[list[Path], Path | None]:
     """Event files and catalog for a run: explicit paths, else the configured dataset folder."""
     event_files, catalog = io.resolve_dataset(events if events is not None else settings.data.dir)
     return event_files, items if items is not None else catalog
@@ -143,9 +145,9 @@ def _iso(ts_us: int) -> str:
     return str(np.datetime64(ts_us, "us")) + "Z"
 
 
-def _index_section(settings: Settings, item_factors: np.ndarray, user_factors: np.ndarray) -> tuple[
-    Any, Any, dict[str, Any]
-]:
+def _index_section(
+    settings: Settings, item_factors: np.ndarray, user_factors: np.ndarray
+) -> tuple[Any, Any, dict[str, Any]]:
     """Both item indexes, with the recall of each measured against exact search."""
     config = settings.index
     rng = np.random.default_rng(settings.training.random_state)

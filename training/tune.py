@@ -113,7 +113,12 @@ def tune(settings: Settings, *, events: Path | None = None, trials: int = 20, se
         )
         model = fit(settings.training.model_copy(update={"model": "als", "als": als}), train)
         result = evaluate(
-            model, train, test, k=k, max_users=settings.evaluation.max_users, seed=settings.training.random_state
+            model,
+            train,
+            test,
+            k=k,
+            max_users=settings.evaluation.max_users,
+            seed=settings.training.random_state,
         )
         if report is None:
             report = TuneReport(metric, result.popularity)

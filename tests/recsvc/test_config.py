@@ -73,5 +73,5 @@ def test_missing_file_and_syntax_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.toml")
     broken = tmp_path / "broken.toml"
     broken.write_text("[training\n")
-    with pytest.raises(ConfigError, match="broken.toml"):
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
         load_settings(broken)

@@ -18,9 +18,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def movielens(settings: Settings, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+def movielens(
+    settings: Settings, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Path:
     out = tmp_path / "ml100k"
-    code, text, _ = run(capsys, "data", "import", "movielens", str(shared_data / "movielens-100k"), "--out", str(out))
+    code, text, _ = run(
+        capsys, "data", "import", "movielens", str(shared_data / "movielens-100k"), "--out", str(out)
+    )
     assert code == 0 and "100,000 events" in text
     return out
 
@@ -42,7 +46,7 @@ def test_train_list_show_promote_rollback(
 
     code, text, _ = run(capsys, "models", "list", "--registry", registry, "--json")
     versions = json.loads(text)
-    assert [v["version"] for v in versions][0] == first and len(versions) == 2
+    assert versions[0]["version"] == first and len(versions) == 2
     assert [v["current"] for v in versions] == [False, True]
 
     code, text, _ = run(capsys, "models", "show", first, "--registry", registry, "--json")

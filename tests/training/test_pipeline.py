@@ -33,7 +33,9 @@ def write_planted_events(path: Path, *, users_per_group: int = 60, seed: int = 0
                 user = f"g{group}-u{n}"
                 items = rng.choice(BLOCK, size=8, replace=False) + group * BLOCK
                 moments = sorted(rng.integers(0, 30 * 24, size=len(items) + 1))
-                writer.writerow([user, "shared", "view", (start + timedelta(hours=int(moments[0]))).isoformat()])
+                writer.writerow(
+                    [user, "shared", "view", (start + timedelta(hours=int(moments[0]))).isoformat()]
+                )
                 for item, hour in zip(items, moments[1:], strict=True):
                     when = (start + timedelta(hours=int(hour))).isoformat()
                     writer.writerow([user, f"i{item}", "view", when])

@@ -1,0 +1,1 @@
+"""recsvc training: datasets, model fitting, evaluation and publishing of model artifacts."""
