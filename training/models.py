@@ -55,7 +55,7 @@ def fit(
     BLAS is held to one thread while fitting: implicit parallelises over users itself, and a
     multithreaded BLAS underneath it oversubscribes the cores (implicit warns about exactly this).
     """
-    model = build_model(config)
     with threadpool_limits(1, "blas"):
+        model = build_model(config)  # implicit checks the BLAS threads when a model is built
         model.fit(user_items.astype(np.float32), show_progress=progress)
     return model

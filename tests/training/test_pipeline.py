@@ -2,52 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import numpy as np
-import pytest
 
 from recsvc import ann
 from recsvc.config import Settings
 from recsvc.registry import Registry
 from training import pipeline
-
-BLOCK = 20  # items per taste block
-
-
-def write_planted_events(path: Path, *, users_per_group: int = 60, seed: int = 0) -> None:
-    """Two groups of users, each liking only its own block of 20 items, plus one item everyone views.
-
-    A popularity ranking can only recommend the shared item and the other block's items equally;
-    a model that finds the structure recommends the user's own block.
-    """
-    rng = np.random.default_rng(seed)
-    start = datetime(2024, 1, 1, tzinfo=UTC)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["user_id", "item_id", "type", "ts"])
-        for group in (0, 1):
-            for n in range(users_per_group):
-                user = f"g{group}-u{n}"
-                items = rng.choice(BLOCK, size=8, replace=False) + group * BLOCK
-                moments = sorted(rng.integers(0, 30 * 24, size=len(items) + 1))
-                writer.writerow(
-                    [user, "shared", "view", (start + timedelta(hours=int(moments[0]))).isoformat()]
-                )
-                for item, hour in zip(items, moments[1:], strict=True):
-                    when = (start + timedelta(hours=int(hour))).isoformat()
-                    writer.writerow([user, f"i{item}", "view", when])
-                    if rng.random() < 0.3:
-                        writer.writerow([user, f"i{item}", "purchase", when])
-
-
-@pytest.fixture
-def planted(tmp_path: Path) -> Path:
-    path = tmp_path / "events.csv"
-    write_planted_events(path)
-    return path
 
 
 def small(settings: Settings) -> Settings:
@@ -55,7 +15,9 @@ def small(settings: Settings) -> Settings:
     return settings.model_copy(update={"training": settings.training.model_copy(update={"als": als})})
 
 
-def test_model_finds_the_planted_blocks_and_beats_popularity(settings: Settings, planted: Path) -> None:
+def test_model_finds_the_planted_blocks_and_beats_popularity(
+    settings: Settings, planted: Path, planted_block: dict[int, set[str]]
+) -> None:
     result = pipeline.train(small(settings), events=planted)
     metrics = result.manifest["metrics"]
     assert metrics["model"]["ndcg@10"] > metrics["popularity"]["ndcg@10"] + 0.1
@@ -65,14 +27,13 @@ def test_model_finds_the_planted_blocks_and_beats_popularity(settings: Settings,
         assert row is not None
         _, ids = ann.search(artifact.index, artifact.user_factors[row : row + 1], 10, metric="ip")
         names = [artifact.item_ids.id_at(int(i)) for i in ids[0] if i >= 0]
-        block = {f"i{n + BLOCK * int(user[1])}" for n in range(BLOCK)}
-        assert len(set(names) & block) >= 8, names
+        assert len(set(names) & planted_block[int(user[1])]) >= 8, names
 
 
 def test_manifest_describes_data_split_parameters_and_index(settings: Settings, planted: Path) -> None:
     manifest = pipeline.train(small(settings), events=planted).manifest
     data = manifest["data"]
-    assert data["users"] == 120 and data["items"] == 2 * BLOCK + 1
+    assert data["users"] == 120 and data["items"] == 2 * 20 + 1
     assert data["event_types"]["view"] == 120 * 9
     assert data["held_out_users"] > 100
     assert manifest["parameters"]["model"] == "als" and manifest["parameters"]["factors"] == 8
