@@ -132,6 +132,26 @@ class RedisConfig(Section):
     embedded_path: Path = Path("var/redis/recsvc.db")
 
 
+class ServingConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
+    api_keys: dict[str, Literal["app", "admin"]] = Field(
+        default_factory=lambda: {"dev-app-key": "app", "dev-admin-key": "admin"}
+    )
+    default_k: int = Field(default=10, ge=1)
+    max_k: int = Field(default=100, ge=1)
+    max_batch: int = Field(default=500, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    history_max: int = Field(default=200, ge=1)
+    history_ttl_days: float = Field(default=90.0, gt=0.0)
+    recent_half_life_days: float = Field(default=7.0, ge=0.0)
+    trending_half_life_hours: float = Field(default=24.0, gt=0.0)
+    model_poll_seconds: float = Field(default=2.0, gt=0.0)
+    redis_timeout_seconds: float = Field(default=0.25, gt=0.0)
+    retry_after_seconds: int = Field(default=5, ge=1)
+
+
 class Settings(BaseSettings):
     """Every setting of recsvc; `configs/default.toml` documents each key."""
 
@@ -148,6 +168,7 @@ class Settings(BaseSettings):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     @classmethod
     def settings_customise_sources(
