@@ -6,6 +6,7 @@ configuration at import time. A wrong value stops start-up with a message naming
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,7 @@ from recsvc.errors import ConfigError
 
 DEFAULT_CONFIG = Path("configs/default.toml")
 CONFIG_ENV = "RECSVC_CONFIG"
+API_KEYS_ENV = "RECSVC_SERVING__API_KEYS"
 
 
 class Section(BaseModel):
@@ -204,11 +206,28 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
     try:
         loaded = _FromFile()
+        if API_KEYS_ENV in os.environ:
+            # Secrets from the environment replace the file's table instead of merging into it,
+            # so the local development keys can never stay valid beside production ones.
+            serving = {**loaded.serving.model_dump(), "api_keys": _env_api_keys()}
+            loaded = loaded.model_copy(update={"serving": ServingConfig.model_validate(serving)})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, toml_file), key=_first_key(exc)) from exc
     except ValueError as exc:  # a TOML syntax error
         raise ConfigError(f"{toml_file}: {exc}", key=str(toml_file)) from exc
     return loaded
+
+
+def _env_api_keys() -> dict[str, str]:
+    try:
+        keys = json.loads(os.environ[API_KEYS_ENV])
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{API_KEYS_ENV} must be a JSON object of key -> role: {exc}", key="serving.api_keys"
+        )
+    if not isinstance(keys, dict):
+        raise ConfigError(f"{API_KEYS_ENV} must be a JSON object of key -> role", key="serving.api_keys")
+    return keys
 
 
 def _first_key(exc: ValidationError) -> str:

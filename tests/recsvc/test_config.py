@@ -75,3 +75,14 @@ def test_missing_file_and_syntax_error(tmp_path: Path) -> None:
     broken.write_text("[training\n")
     with pytest.raises(ConfigError, match=r"broken\.toml"):
         load_settings(broken)
+
+
+def test_api_keys_from_the_environment_replace_the_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSVC_SERVING__API_KEYS", '{"s3cret": "admin"}')
+    assert load_settings(REPO / "configs" / "default.toml").serving.api_keys == {"s3cret": "admin"}
+    monkeypatch.setenv("RECSVC_SERVING__API_KEYS", '{"s3cret": "boss"}')
+    with pytest.raises(ConfigError, match="s3cret"):
+        load_settings(REPO / "configs" / "default.toml")
+    monkeypatch.setenv("RECSVC_SERVING__API_KEYS", "not json")
+    with pytest.raises(ConfigError, match="RECSVC_SERVING__API_KEYS"):
+        load_settings(REPO / "configs" / "default.toml")
