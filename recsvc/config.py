@@ -224,7 +224,7 @@ def _env_api_keys() -> dict[str, str]:
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{API_KEYS_ENV} must be a JSON object of key -> role: {exc}", key="serving.api_keys"
-        )
+        ) from exc
     if not isinstance(keys, dict):
         raise ConfigError(f"{API_KEYS_ENV} must be a JSON object of key -> role", key="serving.api_keys")
     return keys
