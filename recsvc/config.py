@@ -134,13 +134,18 @@ class RedisConfig(Section):
     embedded_path: Path = Path("var/redis/recsvc.db")
 
 
+Role = Literal["app", "admin"]
+
+
+def _development_api_keys() -> dict[str, Role]:
+    return {"dev-app-key": "app", "dev-admin-key": "admin"}
+
+
 class ServingConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
-    api_keys: dict[str, Literal["app", "admin"]] = Field(
-        default_factory=lambda: {"dev-app-key": "app", "dev-admin-key": "admin"}
-    )
+    api_keys: dict[str, Role] = Field(default_factory=_development_api_keys)
     default_k: int = Field(default=10, ge=1)
     max_k: int = Field(default=100, ge=1)
     max_batch: int = Field(default=500, ge=1)
