@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
+    SettingsError,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -218,6 +219,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
             loaded = loaded.model_copy(update={"serving": ServingConfig.model_validate(serving)})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, toml_file), key=_first_key(exc)) from exc
+    except SettingsError as exc:  # an environment value that is not valid JSON for its table
+        raise ConfigError(f"RECSVC_* environment: {exc} ({exc.__cause__})", key="environment") from exc
     except ValueError as exc:  # a TOML syntax error
         raise ConfigError(f"{toml_file}: {exc}", key=str(toml_file)) from exc
     return loaded

@@ -84,5 +84,5 @@ def test_api_keys_from_the_environment_replace_the_files(monkeypatch: pytest.Mon
     with pytest.raises(ConfigError, match="s3cret"):
         load_settings(REPO / "configs" / "default.toml")
     monkeypatch.setenv("RECSVC_SERVING__API_KEYS", "not json")
-    with pytest.raises(ConfigError, match="RECSVC_SERVING__API_KEYS"):
+    with pytest.raises(ConfigError, match="serving"):
         load_settings(REPO / "configs" / "default.toml")
