@@ -58,7 +58,7 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
             {
                 "version": info.version,
                 "current": info.current,
-                "created_at": info.created_at,
+                "created_at": info.created_at.isoformat(timespec="seconds"),
                 "metrics": metrics,
             }
         )
