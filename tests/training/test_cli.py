@@ -48,6 +48,8 @@ def test_train_list_show_promote_rollback(
     versions = json.loads(text)
     assert versions[0]["version"] == first and len(versions) == 2
     assert [v["current"] for v in versions] == [False, True]
+    code, text, _ = run(capsys, "models", "list", "--registry", registry)
+    assert code == 0 and f"* {versions[1]['version']}" in text and versions[0]["created_at"] in text
 
     code, text, _ = run(capsys, "models", "show", first, "--registry", registry, "--json")
     shown = json.loads(text)
