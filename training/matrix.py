@@ -30,6 +30,7 @@ class EncodedEvents:
     ts_us: npt.NDArray[np.int64]
     base_weights: npt.NDArray[np.float32]
     weights: npt.NDArray[np.float32]
+    excluded: npt.NDArray[np.bool_]  # of a type with `exclude_from_recommendations` (purchase, dismiss)
     reference_us: int
     type_counts: dict[str, int]
 
@@ -38,16 +39,14 @@ class EncodedEvents:
 
     def select(self, mask: npt.NDArray[np.bool_]) -> EncodedEvents:
         """The same events restricted to `mask`, with the id maps unchanged."""
-        return EncodedEvents(
-            self.user_ids,
-            self.item_ids,
-            self.users[mask],
-            self.items[mask],
-            self.ts_us[mask],
-            self.base_weights[mask],
-            self.weights[mask],
-            self.reference_us,
-            self.type_counts,
+        return replace(
+            self,
+            users=self.users[mask],
+            items=self.items[mask],
+            ts_us=self.ts_us[mask],
+            base_weights=self.base_weights[mask],
+            weights=self.weights[mask],
+            excluded=self.excluded[mask],
         )
 
     def with_half_life(self, half_life_days: float) -> EncodedEvents:
@@ -59,16 +58,12 @@ class EncodedEvents:
         """Drop users and items with no events left, renumbering the rest in their old order."""
         kept_users, users = np.unique(self.users, return_inverse=True)
         kept_items, items = np.unique(self.items, return_inverse=True)
-        return EncodedEvents(
-            IdMap(self.user_ids.ids[kept_users]),
-            IdMap(self.item_ids.ids[kept_items]),
-            users.astype(np.int32),
-            items.astype(np.int32),
-            self.ts_us,
-            self.base_weights,
-            self.weights,
-            self.reference_us,
-            self.type_counts,
+        return replace(
+            self,
+            user_ids=IdMap(self.user_ids.ids[kept_users]),
+            item_ids=IdMap(self.item_ids.ids[kept_items]),
+            users=users.astype(np.int32),
+            items=items.astype(np.int32),
         )
 
 
@@ -97,16 +92,20 @@ def encode_events(table: pa.Table, config: EventsConfig) -> EncodedEvents:
     base_weights = type_weights(type_codes, type_names, values, config)
     decay = decay_factors(ts_us, reference_us=reference_us, half_life_days=config.half_life_days)
     counts = np.bincount(type_codes, minlength=len(type_names))
+    excluded_types = np.array(
+        [config.types[name].exclude_from_recommendations for name in type_names], dtype=bool
+    )
     return EncodedEvents(
-        IdMap(np.array(user_names, dtype=str)),
-        IdMap(np.array(item_names, dtype=str)),
-        users,
-        items,
-        ts_us,
-        base_weights,
-        base_weights * decay,
-        reference_us,
-        {name: int(count) for name, count in zip(type_names, counts, strict=True)},
+        user_ids=IdMap(np.array(user_names, dtype=str)),
+        item_ids=IdMap(np.array(item_names, dtype=str)),
+        users=users,
+        items=items,
+        ts_us=ts_us,
+        base_weights=base_weights,
+        weights=base_weights * decay,
+        excluded=excluded_types[type_codes],
+        reference_us=reference_us,
+        type_counts={name: int(count) for name, count in zip(type_names, counts, strict=True)},
     )
 
 
@@ -116,6 +115,16 @@ def interaction_matrix(events: EncodedEvents) -> sp.csr_matrix:
     matrix = sp.csr_matrix((events.weights, (events.users, events.items)), shape=shape, dtype=np.float32)
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
+    return matrix
+
+
+def excluded_matrix(events: EncodedEvents) -> sp.csr_matrix:
+    """1.0 in each (user, item) cell with an event of an excluded type: never recommend these."""
+    shape = (len(events.user_ids), len(events.item_ids))
+    rows, cols = events.users[events.excluded], events.items[events.excluded]
+    matrix = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=shape)
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
     return matrix
 
 

@@ -26,7 +26,13 @@ from recsvc.config import Settings
 from recsvc.registry import Registry
 from training import io
 from training.evaluate import Evaluation, evaluate
-from training.matrix import EncodedEvents, encode_events, interaction_matrix, min_interactions_mask
+from training.matrix import (
+    EncodedEvents,
+    encode_events,
+    excluded_matrix,
+    interaction_matrix,
+    min_interactions_mask,
+)
 from training.models import fit, model_parameters
 from training.split import Split, leave_last_split, test_matrix, time_cut_split
 
@@ -189,9 +195,12 @@ def fit_and_evaluate(
     )
     timings["evaluate"] = time.perf_counter() - started
 
+    # All events, held-out ones included: serving folds a user's whole history in from this and
+    # `excluded` (what they bought or dismissed, never recommended), and a refit learns from it.
+    all_events = interaction_matrix(prepared.events)
     if settings.training.refit_on_full_data:
         started = time.perf_counter()
-        model = fit(settings.training, interaction_matrix(prepared.events), progress=progress)
+        model = fit(settings.training, all_events, progress=progress)
         timings["refit"] = time.perf_counter() - started
 
     user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
@@ -226,6 +235,8 @@ def fit_and_evaluate(
         index=index,
         similar_index=similar,
         manifest=manifest,
+        user_items=all_events,
+        user_excluded=excluded_matrix(prepared.events),
     )
     return TrainResult(artifact, evaluation, timings)
 

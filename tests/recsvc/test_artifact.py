@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+import scipy.sparse as sp
 
 from recsvc import ann
 from recsvc.artifact import (
@@ -19,6 +21,7 @@ from recsvc.artifact import (
     ModelArtifact,
     load_artifact,
     read_manifest,
+    sparse_files,
     write_artifact,
 )
 from recsvc.config import IndexConfig
@@ -28,7 +31,13 @@ from recsvc.schema import ITEM_SCHEMA
 
 
 def make_artifact(
-    *, users: int = 30, items: int = 20, factors: int = 8, seed: int = 0, catalog: bool = True
+    *,
+    users: int = 30,
+    items: int = 20,
+    factors: int = 8,
+    seed: int = 0,
+    catalog: bool = True,
+    histories: bool = True,
 ) -> ModelArtifact:
     """A small random artifact; the catalog also lists one item the model has never seen."""
     rng = np.random.default_rng(seed)
@@ -60,7 +69,16 @@ def make_artifact(
             "parameters": {"model": "als", "factors": factors},
             "metrics": {"ndcg@10": np.float32(0.25)},
         },
+        user_items=random_csr(rng, users, items) if histories else None,
+        user_excluded=random_csr(rng, users, items, ones=True) if histories else None,
     )
+
+
+def random_csr(rng: np.random.Generator, users: int, items: int, *, ones: bool = False) -> sp.csr_matrix:
+    matrix = sp.random(users, items, density=0.2, format="csr", dtype=np.float32, random_state=rng)
+    if ones:
+        matrix.data[:] = 1.0
+    return matrix
 
 
 def written(tmp_path: Path, artifact: ModelArtifact | None = None) -> Path:
@@ -133,6 +151,85 @@ def test_round_trip_preserves_everything_bit_for_bit(tmp_path: Path, mmap: bool)
             np.testing.assert_array_equal(got, want)
     assert ann.index_kind(loaded.index) == "hnsw" and ann.index_kind(loaded.similar_index) == "flat"
     assert loaded.manifest == manifest == read_manifest(directory)
+    for name in ("user_items", "user_excluded"):
+        want, got = getattr(artifact, name), getattr(loaded, name)
+        assert isinstance(got, sp.csr_matrix) and got.dtype == np.float32 and got.shape == (30, 20)
+        assert got.has_canonical_format and (got != want).nnz == 0
+        np.testing.assert_array_equal(got.toarray(), want.toarray())
+
+
+def test_histories_are_mapped_read_only_without_a_copy(tmp_path: Path) -> None:
+    directory = written(tmp_path)
+
+    loaded = load_artifact(directory, mmap=True)
+
+    assert loaded.user_items is not None
+    for part in ("indptr", "indices", "data"):
+        array = getattr(loaded.user_items, part)
+        assert not array.flags.writeable
+        while not isinstance(array, np.memmap):  # scipy keeps views of the mapped arrays
+            assert array.base is not None, f"{part} was copied"
+            array = array.base
+    assert loaded.user_items.indices.dtype == np.int32  # what scipy keeps without converting
+    row = loaded.user_items[3]  # reading rows works on the mapped, read-only arrays
+    assert row.nnz == loaded.user_items.indptr[4] - loaded.user_items.indptr[3]
+
+
+def test_histories_are_written_canonical(tmp_path: Path) -> None:
+    artifact = make_artifact()
+    messy = sp.csr_matrix(
+        (np.array([1.0, 2.0, 3.0], dtype=np.float32), np.array([5, 2, 5]), np.array([0, 3, *[3] * 29])),
+        shape=(30, 20),
+    )
+    assert not messy.has_canonical_format
+    directory = written(tmp_path, ModelArtifact(**{**vars(artifact), "user_items": messy}))
+
+    loaded = load_artifact(directory, verify=True).user_items
+    assert loaded is not None and loaded.has_canonical_format
+    assert loaded[0].indices.tolist() == [2, 5] and loaded[0].data.tolist() == [2.0, 4.0]
+
+
+def test_an_artifact_without_histories_loads_with_none(tmp_path: Path) -> None:
+    directory = written(tmp_path, make_artifact(histories=False))
+
+    loaded = load_artifact(directory, verify=True)
+
+    assert loaded.user_items is None and loaded.user_excluded is None
+    assert not list(directory.glob("user_items.*"))
+
+
+def test_a_history_listed_in_part_is_rejected(tmp_path: Path) -> None:
+    directory = written(tmp_path)
+    manifest = json.loads((directory / MANIFEST).read_text())
+    del manifest["files"][sparse_files("user_excluded")[1]]
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+
+    with pytest.raises(ArtifactError, match=r"only part of user_excluded"):
+        load_artifact(directory)
+
+
+def test_a_corrupt_history_is_caught(tmp_path: Path) -> None:
+    directory = written(tmp_path)
+    indices_file = directory / sparse_files("user_items")[1]
+    indices = np.load(indices_file)
+    indices[0] = 99  # out of range; same size, so only a full check sees it
+    np.save(indices_file, indices, allow_pickle=False)
+
+    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest["files"][indices_file.name]["sha256"] = hashlib.sha256(indices_file.read_bytes()).hexdigest()
+    (directory / MANIFEST).write_text(json.dumps(manifest))  # as a buggy writer would leave it
+
+    load_artifact(directory)  # mapping does not read every entry
+    with pytest.raises(ArtifactError, match="user_items is not a valid CSR matrix: a column index"):
+        load_artifact(directory, verify=True)
+
+
+def test_write_refuses_a_history_of_the_wrong_shape(tmp_path: Path) -> None:
+    artifact = make_artifact()
+    wrong = ModelArtifact(**{**vars(artifact), "user_excluded": sp.csr_matrix((30, 21), dtype=np.float32)})
+
+    with pytest.raises(ArtifactError, match=r"user_excluded is csr_matrix float32 \(30, 21\)"):
+        write_artifact(wrong, tmp_path)
 
 
 def test_manifest_records_sections_shape_schema_and_checksums(tmp_path: Path) -> None:
@@ -144,7 +241,8 @@ def test_manifest_records_sections_shape_schema_and_checksums(tmp_path: Path) ->
     assert manifest["shape"] == {"users": 30, "items": 20, "factors": 8}
     assert manifest["parameters"] == {"model": "als", "factors": 8}
     assert manifest["metrics"]["ndcg@10"] == pytest.approx(0.25)
-    assert set(manifest["files"]) == {*REQUIRED_FILES, "items.parquet"}
+    histories = {*sparse_files("user_items"), *sparse_files("user_excluded")}
+    assert set(manifest["files"]) == {*REQUIRED_FILES, "items.parquet", *histories}
     for name, entry in manifest["files"].items():
         assert entry["bytes"] == (directory / name).stat().st_size and len(entry["sha256"]) == 64
     assert sorted(p.name for p in directory.iterdir()) == sorted([*manifest["files"], MANIFEST])
@@ -162,7 +260,7 @@ def test_files_hold_no_pickle(tmp_path: Path) -> None:
 
     for path in directory.glob("*.npy"):
         array = np.load(path, allow_pickle=False)  # raises for object arrays
-        assert array.dtype.kind in "fU"
+        assert array.dtype.kind in "fUi"
     assert not list(directory.glob("*.pkl")) and not list(directory.glob("*.npz"))
 
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from recsvc.config import EventsConfig, EventType
 from recsvc.schema import EVENT_SCHEMA
-from training.matrix import encode_events, interaction_matrix, min_interactions_mask
+from training.matrix import encode_events, excluded_matrix, interaction_matrix, min_interactions_mask
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 CONFIG = EventsConfig(
@@ -72,3 +72,50 @@ def test_min_interactions_drops_sparse_users_and_items_then_compacts() -> None:
     assert sorted(kept.item_ids.ids.tolist()) == ["a", "b"]
     assert interaction_matrix(kept).shape == (2, 2)
     assert interaction_matrix(kept).nnz == 4
+
+
+EXCLUDING = EventsConfig(
+    types={
+        "view": EventType(weight=1.0),
+        "purchase": EventType(weight=8.0, exclude_from_recommendations=True),
+        "dismiss": EventType(weight=0.0, exclude_from_recommendations=True),
+    },
+    half_life_days=7.0,
+)
+
+
+def test_events_of_excluded_types_are_marked_and_survive_select_compact_and_half_life() -> None:
+    rows = [
+        ("u1", "a", "view", 0),
+        ("u1", "a", "purchase", 0),
+        ("u2", "b", "dismiss", 1),
+        ("u3", "c", "view", 2),
+        ("u3", "b", "view", 2),
+    ]
+    encoded = encode_events(events(rows), EXCLUDING)
+    assert encoded.excluded.tolist() == [False, True, True, False, False]
+
+    kept = encoded.select(np.array([False, True, True, False, True])).compact()
+    assert kept.excluded.tolist() == [True, True, False]
+    assert kept.with_half_life(1.0).excluded.tolist() == [True, True, False]
+
+
+def test_excluded_matrix_holds_one_per_cell_of_excluded_events_only() -> None:
+    rows = [
+        ("u1", "a", "view", 0),
+        ("u1", "a", "purchase", 0),
+        ("u1", "a", "purchase", 3),
+        ("u1", "b", "view", 0),
+        ("u2", "b", "dismiss", 1),
+    ]
+    encoded = encode_events(events(rows), EXCLUDING)
+
+    matrix = excluded_matrix(encoded)
+
+    u1, u2 = encoded.user_ids.index_of("u1"), encoded.user_ids.index_of("u2")
+    a, b = encoded.item_ids.index_of("a"), encoded.item_ids.index_of("b")
+    assert matrix.dtype == np.float32 and matrix.shape == (2, 2) and matrix.has_canonical_format
+    assert {(int(r), int(c)) for r, c in zip(*matrix.nonzero(), strict=True)} == {(u1, a), (u2, b)}
+    assert matrix.data.tolist() == [1.0, 1.0]
+    # the dismissal weighs nothing, so the confidence matrix has no cell for it
+    assert interaction_matrix(encoded)[u2, b] == 0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
 
 from recsvc import ann
 from recsvc.config import Settings
@@ -68,3 +72,28 @@ def test_promote_if_better_keeps_a_better_current_model(settings: Settings, plan
 
     third, promoted, _ = pipeline.publish(settings, good, registry, promote_if_better=False)
     assert not promoted and [v.version for v in registry.versions()] == [first, second, third]
+
+
+def test_artifact_holds_every_event_and_what_each_user_bought(settings: Settings, planted: Path) -> None:
+    result = pipeline.train(small(settings), events=planted)
+    artifact = result.artifact
+    prepared = pipeline.prepare(small(settings), pipeline.load_events(small(settings), [planted]))
+    seen: set[tuple[str, str]] = set()
+    bought: set[tuple[str, str]] = set()
+    with planted.open() as handle:
+        for row in csv.DictReader(handle):
+            seen.add((row["user_id"], row["item_id"]))
+            if row["type"] == "purchase":
+                bought.add((row["user_id"], row["item_id"]))
+
+    def cells(matrix: sp.csr_matrix) -> set[tuple[str, str]]:
+        return {
+            (artifact.user_ids.id_at(int(u)), artifact.item_ids.id_at(int(i)))
+            for u, i in zip(*matrix.nonzero(), strict=True)
+        }
+
+    assert artifact.user_items is not None and artifact.user_excluded is not None
+    assert cells(artifact.user_items) == seen  # held-out events included, unlike the training matrix
+    assert artifact.user_items.nnz > prepared.train.nnz
+    assert cells(artifact.user_excluded) == bought and set(artifact.user_excluded.data.tolist()) == {1.0}
+    np.testing.assert_allclose(artifact.user_items.sum(), prepared.events.weights.sum(), rtol=1e-5)

@@ -1,0 +1,277 @@
+"""Recommendation latency and throughput of the real server beside a bare FastAPI endpoint.
+
+    .venv/bin/python bench/serve.py [--users 200000 --items 100000 --events 5000000] [--workers 1]
+
+Trains a 100k-item x 64-factor model on synthetic data (or reuses --registry), starts `recsvc serve`
+and a bare FastAPI JSON endpoint under the same uvicorn settings, posts fresh events for the users
+it will ask about, then loads both servers in two ways from a separate process:
+- open loop at a fixed rate (default 500 requests/s): p50 and p99 latency;
+- closed loop with wrk (installed from Debian's packages when missing): maximum requests/s.
+Prints both servers' figures and their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+APP_KEY = "bench-app-key"
+ADMIN_KEY = "bench-admin-key"
+HEADERS = {"X-API-Key": APP_KEY}
+
+WRK_SCRIPT = """
+local users = {%s}
+local prefix = "%s"
+local suffix = "%s"
+request = function()
+  local user = users[math.random(1, #users)]
+  return wrk.format("GET", prefix .. user .. suffix, {["X-API-Key"] = "%s"})
+end
+"""
+
+
+def bare_app() -> object:
+    """The reference: a FastAPI endpoint returning a JSON body of the same shape, with no work."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    body = {
+        "request_id": "x" * 32,
+        "strategy": "realtime",
+        "items": [
+            {"item_id": f"i{n:06d}", "score": 1.0, "title": "Item", "category": "c"} for n in range(10)
+        ],
+    }
+
+    @app.get("/v1/users/{user_id}/recommendations")
+    async def recommendations(user_id: str) -> dict[str, object]:
+        return {"user_id": user_id, **body}
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"server at {url} did not become ready")
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+    process = subprocess.Popen(command, env=env, cwd=REPO, start_new_session=True)
+    try:
+        wait_ready(ready_url)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+async def open_loop(url_prefix: str, users: list[str], rate: int, seconds: float) -> tuple[float, float, int]:
+    """p50 and p99 latency in ms of requests sent at a fixed rate, whatever the answers' speed."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(headers=HEADERS, limits=limits, timeout=10.0) as client:
+
+        async def one(user: str) -> None:
+            nonlocal errors
+            started = time.perf_counter()
+            response = await client.get(f"{url_prefix}{user}/recommendations?k=10")
+            latencies.append((time.perf_counter() - started) * 1000)
+            errors += response.status_code != 200
+
+        tasks = []
+        rng = np.random.default_rng(0)
+        start = time.perf_counter()
+        for n in range(int(rate * seconds)):
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(users[int(rng.integers(len(users)))])))
+        await asyncio.gather(*tasks)
+    return float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)), errors
+
+
+def wrk(base: str, users: list[str], seconds: int) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 (ms) at full load from wrk: 2 threads, 32 connections."""
+    if shutil.which("wrk") is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    quoted = ",".join(f'"{user}"' for user in users[:5000])
+    script.write_text(WRK_SCRIPT % (quoted, "/v1/users/", "/recommendations?k=10", APP_KEY))
+    out = subprocess.run(
+        ["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), base],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+    percent = {
+        line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()[:3] in ("50%", "99%")
+    }
+    return rps, _ms(percent["50%"]), _ms(percent["99%"])
+
+
+def _ms(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+def recsvc(*args: str, env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "recsvc.cli", *args], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        sys.exit(f"recsvc {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def post_fresh_events(base: str, users: list[str], items: list[str]) -> None:
+    """Five fresh views per user, so every measured request folds in recent events."""
+    rng = np.random.default_rng(1)
+    with httpx.Client(base_url=base, headers=HEADERS, timeout=30.0) as client:
+        for start in range(0, len(users), 100):
+            batch = [
+                {"user_id": user, "item_id": items[int(rng.integers(len(items)))], "type": "view"}
+                for user in users[start : start + 100]
+                for _ in range(5)
+            ]
+            response = client.post("/v1/events", json={"events": batch})
+            response.raise_for_status()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--work", type=Path, help="reuse this folder's data and model")
+    args = parser.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="recsvc-bench-serve-"))
+    env = {
+        **os.environ,
+        "RECSVC_DATA__DIR": str(work / "data"),
+        "RECSVC_REGISTRY__DIR": str(work / "models"),
+        "RECSVC_REDIS__EMBEDDED_PATH": str(work / "redis" / "recsvc.db"),
+        "RECSVC_REDIS__PREFIX": f"bench-{os.getpid()}",
+        "RECSVC_SERVING__API_KEYS": json.dumps({APP_KEY: "app", ADMIN_KEY: "admin"}),
+        "RECSVC_LOG_LEVEL": "WARNING",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    if not (work / "models").exists():
+        print(
+            f"synthesizing {args.users:,} users x {args.items:,} items x {args.events:,} events, training ..."
+        )
+        recsvc(
+            "data",
+            "synth",
+            "--users",
+            str(args.users),
+            "--items",
+            str(args.items),
+            "--events",
+            str(args.events),
+            env=env,
+        )
+        recsvc("train", "--promote", env=env)
+    manifest = json.loads(
+        recsvc(
+            "models",
+            "show",
+            json.loads(recsvc("models", "list", "--json", env=env))[-1]["version"],
+            "--json",
+            env=env,
+        )
+    )
+    import pyarrow.parquet as pq
+
+    users = pq.read_table(work / "data" / "users.parquet", columns=["user_id"]).column(0).to_pylist()[:20_000]
+    items = pq.read_table(work / "data" / "items.parquet", columns=["item_id"]).column(0).to_pylist()
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve = [sys.executable, "-m", "recsvc.cli", "serve", "--port", str(port), "--workers", str(args.workers)]
+    with server(serve, env, f"{base}/readyz"):
+        post_fresh_events(base, users, items)
+        api_open = asyncio.run(open_loop(f"{base}/v1/users/", users, args.rate, args.seconds))
+        api_wrk = wrk(base, users, args.seconds)
+
+    port = free_port()
+    bare_base = f"http://127.0.0.1:{port}"
+    bare = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "serve:bare_app",
+        "--factory",
+        "--app-dir",
+        str(REPO / "bench"),
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--log-level",
+        "warning",
+    ]
+    with server(bare, env, f"{bare_base}/v1/users/x/recommendations"):
+        bare_open = asyncio.run(open_loop(f"{bare_base}/v1/users/", users, args.rate, args.seconds))
+        bare_wrk = wrk(bare_base, users, args.seconds)
+
+    shape = manifest["shape"]
+    print(
+        f"model: {shape['items']:,} items x {shape['factors']} factors, index {manifest['index']['kind']}; "
+        f"{args.workers} uvicorn worker(s); {os.cpu_count()} cores; users with 5 fresh events each"
+    )
+    rows = [
+        (f"open loop {args.rate}/s: p50 ms", api_open[0], bare_open[0]),
+        (f"open loop {args.rate}/s: p99 ms", api_open[1], bare_open[1]),
+        ("wrk max requests/s", api_wrk[0], bare_wrk[0]),
+        ("wrk p50 ms", api_wrk[1], bare_wrk[1]),
+        ("wrk p99 ms", api_wrk[2], bare_wrk[2]),
+    ]
+    print(f"{'':34}{'recsvc':>12}{'bare FastAPI':>14}{'ratio':>8}")
+    for name, ours, bare in rows:
+        print(f"{name:<34}{ours:>12.2f}{bare:>14.2f}{ours / bare:>8.2f}")
+    print(f"{'open loop errors':<34}{api_open[2]:>12}{bare_open[2]:>14}")
+    print(f"targets: p99 < 10 ms at {args.rate}/s; throughput ratio >= 0.5")
+
+
+if __name__ == "__main__":
+    main()

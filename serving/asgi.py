@@ -1,0 +1,20 @@
+"""The uvicorn factory (`serving.asgi:app`, with `--factory`): one app per worker process.
+
+Everything comes from the environment `recsvc serve` prepared: `RECSVC_CONFIG` and `RECSVC_*`
+overrides for settings, `REDIS_URL` for Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from recsvc.config import load_settings
+from serving.app import create_app
+
+
+def app() -> FastAPI:
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(settings)

@@ -1,0 +1,176 @@
+"""What routes need, declared by type: `Annotated[..., Depends(...)]` aliases in one place.
+
+Every provider reads the app's `Services` (built by `create_app`), so a test overrides one
+provider with `app.dependency_overrides` and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from recsvc.config import Role, Settings
+from recsvc.registry import Registry
+from recsvc.state import Store
+from serving.catalogs import CatalogCache
+from serving.errors import Forbidden, InvalidRequest, ServiceUnavailable, Unauthorized, invalid
+from serving.metrics import Metrics
+from serving.model import LoadedModel, ModelHolder
+from serving.problems import request_id_of
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, eq=False)
+class Services:
+    """Everything one app instance serves with, built once by `create_app`."""
+
+    settings: Settings
+    registry: Registry
+    models: ModelHolder
+    store: Store
+    catalogs: CatalogCache
+    metrics: Metrics
+    clock: Clock
+
+
+async def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+async def get_model(services: ServicesDep) -> LoadedModel:
+    """The served model, read once so the whole request uses one version."""
+    loaded = services.models.loaded
+    if loaded is None:
+        raise ServiceUnavailable(
+            "no model promoted yet: train one and promote it (`recsvc models promote`)",
+            retry_after=services.settings.serving.retry_after_seconds,
+        )
+    return loaded
+
+
+async def get_request_id(request: Request) -> str:
+    return request_id_of(request.scope) or ""
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+RequestId = Annotated[str, Depends(get_request_id)]
+
+
+async def get_k(
+    settings: SettingsDep,
+    k: Annotated[
+        int | None,
+        Query(description="how many items (default `[serving] default_k`, at most `max_k`)", examples=[10]),
+    ] = None,
+) -> int:
+    """`k` within 1..max_k; out of range is a 422 naming the bounds."""
+    if k is None:
+        return min(settings.serving.default_k, settings.serving.max_k)
+    if not 1 <= k <= settings.serving.max_k:
+        raise invalid(["query", "k"], f"k must be between 1 and {settings.serving.max_k}, got {k}")
+    return k
+
+
+K = Annotated[int, Depends(get_k)]
+
+
+def check_id_length(loc: list[str | int], value: str, settings: Settings) -> dict[str, object] | None:
+    """A located error when an external id is longer than `[events] max_id_length`."""
+    limit = settings.events.max_id_length
+    if len(value) <= limit:
+        return None
+    return {"loc": loc, "msg": f"ids are at most {limit} characters, got {len(value)}", "type": "id_too_long"}
+
+
+async def get_user_id(
+    settings: SettingsDep, user_id: Annotated[str, Path(min_length=1, examples=["u1001"])]
+) -> str:
+    error = check_id_length(["path", "user_id"], user_id, settings)
+    if error is not None:
+        raise InvalidRequest([error])
+    return user_id
+
+
+async def get_item_id(
+    settings: SettingsDep, item_id: Annotated[str, Path(min_length=1, examples=["i42"])]
+) -> str:
+    error = check_id_length(["path", "item_id"], item_id, settings)
+    if error is not None:
+        raise InvalidRequest([error])
+    return item_id
+
+
+UserIdPath = Annotated[str, Depends(get_user_id)]
+ItemIdPath = Annotated[str, Depends(get_item_id)]
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: <API key>`")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated API key's role."""
+
+    role: Role
+
+
+async def get_caller(
+    settings: SettingsDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key_header)],
+) -> Caller:
+    """The role of the request's API key (Bearer or X-API-Key); 401 when missing or unknown."""
+    key = bearer.credentials if bearer is not None else api_key
+    if not key:
+        raise Unauthorized("an API key is required: `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+    role = _role_of(key, settings.serving.api_keys)
+    if role is None:
+        raise Unauthorized("unknown API key")
+    return Caller(role)
+
+
+def _role_of(key: str, keys: dict[str, Role]) -> Role | None:
+    """Compares against every configured key in constant time, so timing reveals no prefix."""
+    found: Role | None = None
+    given = key.encode()
+    for candidate, role in keys.items():
+        if hmac.compare_digest(given, candidate.encode()):
+            found = role
+    return found
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def require_app(caller: CallerDep) -> Caller:
+    """Any valid key: `admin` may do everything `app` may."""
+    return caller
+
+
+async def require_admin(caller: CallerDep) -> Caller:
+    if caller.role != "admin":
+        raise Forbidden(f"this route needs an admin API key; this key has the role {caller.role!r}")
+    return caller
+
+
+AppKey = Annotated[Caller, Depends(require_app)]
+AdminKey = Annotated[Caller, Depends(require_admin)]

@@ -1,0 +1,65 @@
+"""Liveness, readiness, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from serving_support import Api
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_health_and_readiness_need_no_key(api: Api) -> None:
+    assert (await api.anonymous.get("/healthz")).json() == {"status": "ok"}
+    ready = await api.anonymous.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "model_version": "v000001", "redis": True}
+
+
+async def test_metrics_after_calls(api: Api) -> None:
+    await api.app_client.get("/v1/users/gA-u1/recommendations")
+    await api.app_client.get("/v1/users/somebody-new/recommendations")
+    await api.app_client.get("/v1/popular")
+    await api.app_client.post("/v1/events", json={"user_id": "u1", "item_id": "a1", "type": "view"})
+    await api.anonymous.get("/v1/popular")
+    await api.app_client.get("/v1/no-such-route")
+    response = await api.anonymous.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    route = 'method="GET",route="/v1/users/{user_id}/recommendations",status="200"'
+    assert f'recsvc_http_request_duration_seconds_bucket{{le="+Inf",{route}}} 2.0' in text
+    assert f"recsvc_http_request_duration_seconds_count{{{route}}} 2.0" in text
+    assert 'route="/v1/popular",status="401"' in text
+    assert 'route="<unmatched>",status="404"' in text
+    assert 'recsvc_recommendations_total{endpoint="recommendations",strategy="personalized"} 1.0' in text
+    assert 'recsvc_recommendations_total{endpoint="recommendations",strategy="popular"} 1.0' in text
+    assert 'recsvc_events_ingested_total{type="view"} 1.0' in text
+    assert 'recsvc_model_version_info{version="v000001"} 1.0' in text
+
+
+async def test_each_app_has_its_own_metrics(api: Api) -> None:
+    # Apps built earlier in this process recorded requests; this one starts from nothing.
+    text = (await api.anonymous.get("/metrics")).text
+    assert "recsvc_events_ingested_total{" not in text
+
+
+async def test_openapi_has_examples_for_every_schema_and_route(api: Api) -> None:
+    spec = (await api.anonymous.get("/openapi.json")).json()
+    helpers = {"ProblemError", "ValidationError", "HTTPValidationError"}
+    missing = [
+        name
+        for name, schema in spec["components"]["schemas"].items()
+        if name not in helpers and "examples" not in schema and "example" not in schema
+    ]
+    assert not missing, missing
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert operation.get("summary"), (method, path)
+            for parameter in operation.get("parameters", []):
+                assert "examples" in parameter["schema"] or "example" in parameter, (method, path, parameter)
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    assert set(response["content"]) == {"application/problem+json"}, (method, path, status)
+    problem: dict[str, Any] = spec["components"]["schemas"]["Problem"]
+    assert {"type", "title", "status", "detail", "instance"} <= set(problem["required"])
