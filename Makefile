@@ -27,6 +27,7 @@ else
 	$(BIN)/recsvc train --config $(CONFIG) --events $(EVENTS) --promote-if-better
 endif
 	$(BIN)/recsvc models list --config $(CONFIG)
+	$(BIN)/recsvc serve --config $(CONFIG)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -115,3 +115,5 @@ def test_a_real_server_with_two_workers_answers(
         server.send_signal(signal.SIGINT)
         output, _ = server.communicate(timeout=30)
     assert f"{base}/docs" in output
+    known_user = models.first.user_ids.id_at(0)
+    assert f"{base}/v1/users/{known_user}/recommendations" in output  # a ready-to-paste example
