@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,14 +64,29 @@ class TrainResult:
         return self.artifact.manifest
 
 
-def load_events(settings: Settings, paths: Sequence[Path]) -> io.LoadedEvents:
-    """Read event files or folders with the configured types, id limit and error policy."""
-    return io.read_events(
+def load_events(
+    settings: Settings, paths: Sequence[Path], *, forgotten: Collection[str] = ()
+) -> io.LoadedEvents:
+    """Read event files or folders with the configured types, id limit and error policy.
+
+    Events of `forgotten` users (deleted through the API) are dropped and counted, so a model
+    never learns from someone who asked to be forgotten, even from files archived before.
+    """
+    loaded = io.read_events(
         paths,
         event_types=set(settings.events.types),
         max_id_length=settings.events.max_id_length,
         on_error=settings.data.on_error,
     )
+    if not forgotten:
+        return loaded
+    drop = pc.is_in(loaded.table.column("user_id"), value_set=pa.array(sorted(forgotten), pa.string()))
+    dropped = int(pc.sum(drop).as_py() or 0)
+    if not dropped:
+        return loaded
+    table = loaded.table.filter(pc.invert(drop))
+    skipped = {**loaded.skipped, "forgotten_user": dropped}
+    return io.LoadedEvents(table, skipped, loaded.files)
 
 
 def dataset_inputs(
@@ -285,11 +300,12 @@ def train(
     events: Path | None = None,
     items: Path | None = None,
     progress: bool = False,
+    forgotten: Collection[str] = (),
 ) -> TrainResult:
     """Load, prepare, fit, evaluate and index, timing each stage."""
     started = time.perf_counter()
     event_files, items_path = dataset_inputs(settings, events, items)
-    loaded = load_events(settings, event_files)
+    loaded = load_events(settings, event_files, forgotten=forgotten)
     load_seconds = time.perf_counter() - started
     started = time.perf_counter()
     prepared = prepare(settings, loaded)

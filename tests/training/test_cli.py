@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import redis
 
 from recsvc.cli import main
 from recsvc.config import Settings
+from recsvc.keys import Keys
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -81,3 +83,21 @@ def test_train_reports_bad_rows_with_file_and_line(
     events.write_text("user_id,item_id,type,ts\nu1,a,view,2024-01-01T00:00:00Z\nu1,b,view,yesterday\n")
     code, _, err = run(capsys, "train", "--events", str(events))
     assert code == 1 and "events.csv:3" in err and "yesterday" in err
+
+
+def test_train_leaves_out_users_forgotten_through_the_api(
+    redis_settings: Settings,
+    redis_client: redis.Redis,
+    planted: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RECSVC_REDIS__URL", redis_settings.redis.url)
+    monkeypatch.setenv("RECSVC_REDIS__PREFIX", redis_settings.redis.prefix)
+    redis_client.sadd(Keys(redis_settings.redis.prefix).forgotten(), "g0-u1", "g1-u2")
+    forgotten_rows = sum(line.startswith(("g0-u1,", "g1-u2,")) for line in planted.read_text().splitlines())
+    code, text, _ = run(capsys, "train", "--events", str(planted), "--json")
+    assert code == 0
+    data = json.loads(text)["data"]
+    assert data["users"] == 118
+    assert data["skipped"] == {"forgotten_user": forgotten_rows}
