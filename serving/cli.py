@@ -49,7 +49,7 @@ def example_requests(settings: Settings, registry_dir: Path | None, base: str) -
     return (
         f"try:\n  curl -H 'X-API-Key: {key}' '{base}/v1/users/{user}/recommendations?k=5'\n"
         f"  curl -H 'X-API-Key: {key}' -H 'Content-Type: application/json' -X POST {base}/v1/events "
-        f'-d \'{{"user_id": "{user}", "item_id": "<an item id>", "type": "purchase"}}\''
+        f'-d \'{{"user_id": "{user}", "item_id": "{item}", "type": "purchase"}}\''
         + ("" if current else "\n  (no model promoted yet: run `recsvc train --promote` first)")
     )
 

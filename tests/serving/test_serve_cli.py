@@ -116,4 +116,5 @@ def test_a_real_server_with_two_workers_answers(
         output, _ = server.communicate(timeout=30)
     assert f"{base}/docs" in output
     known_user = models.first.user_ids.id_at(0)
-    assert f"{base}/v1/users/{known_user}/recommendations" in output  # a ready-to-paste example
+    assert f"{base}/v1/users/{known_user}/recommendations" in output  # ready-to-paste examples
+    assert f'"item_id": "{models.first.item_ids.id_at(0)}"' in output
