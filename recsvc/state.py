@@ -208,14 +208,30 @@ class Store:
 
     async def user_state(self, user_id: str) -> UserState:
         """Recent history (newest first), dismissed items and the forgotten flag, in one round trip."""
+        state, _ = await self._user_state(user_id, with_catalog_version=False)
+        return state
+
+    async def request_state(self, user_id: str) -> tuple[UserState, int]:
+        """`user_state` and the catalog overrides' version (see `catalog_overrides`), in one round trip.
+
+        A recommendation request needs both; asking for them together saves a round trip and
+        the client-side work of a second command.
+        """
+        state, version = await self._user_state(user_id, with_catalog_version=True)
+        return state, int(version or 0)
+
+    async def _user_state(self, user_id: str, *, with_catalog_version: bool) -> tuple[UserState, Any]:
         keys = self._keys
         with unavailable_as_error("user_state"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.lrange(keys.history(user_id), 0, -1)
                 pipe.smembers(keys.dismissed(user_id))
                 pipe.sismember(keys.forgotten(), user_id)
-                recent, dismissed, forgotten = await pipe.execute()
-        return UserState([_recent_event(entry) for entry in recent], set(dismissed), bool(forgotten))
+                if with_catalog_version:
+                    pipe.get(keys.catalog_version())
+                recent, dismissed, forgotten, *version = await pipe.execute()
+        state = UserState([_recent_event(entry) for entry in recent], set(dismissed), bool(forgotten))
+        return state, version[0] if version else None
 
     async def dismiss(self, user_id: str, item_id: str) -> None:
         """The item is never recommended to the user again."""

@@ -38,6 +38,12 @@ class CatalogCache:
             self._seen = (version, overrides)
         return version
 
+    async def sync(self, store: Store, version: int) -> int:
+        """`refresh`, for a caller that already read the overrides' version: fetches only on a change."""
+        if version == self.version:
+            return version
+        return await self.refresh(store)
+
     def catalog(self, engine: Engine) -> Catalog:
         """`engine`'s catalog with the last overrides seen applied."""
         seen = self._seen

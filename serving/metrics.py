@@ -58,9 +58,17 @@ class Metrics:
             registry=self.registry,
         )
         self._served_version: str | None = None
+        self._request_series: dict[tuple[str, str, int], Histogram] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.request_seconds.labels(method=method, route=route, status=str(status)).observe(seconds)
+        # `labels()` validates, formats and locks on every call; the series are few (route
+        # templates, not paths), so each one's child is looked up once and kept.
+        key = (method, route, status)
+        child = self._request_series.get(key)
+        if child is None:
+            child = self.request_seconds.labels(method=method, route=route, status=str(status))
+            self._request_series[key] = child
+        child.observe(seconds)
 
     def served_version(self, version: str) -> None:
         """Point the model gauge at `version`, dropping the previous version's series."""

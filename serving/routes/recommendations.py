@@ -1,8 +1,9 @@
 """Reading recommendations: for a user, similar to an item, and what is popular now.
 
-Each request reads what it needs from Redis concurrently (one round trip of latency), then
-asks the engine, which is synchronous and fast enough to run on the event loop. When Redis
-fails the answer comes from the model alone, with `realtime: false`.
+Each request reads what it needs from Redis in one round trip (a user's state and the catalog
+overrides' version in one pipeline, beside trending when needed; the overrides themselves only
+when their version moved), then asks the engine, which is synchronous and fast enough to run
+on the event loop. When Redis fails the answer comes from the model alone, with `realtime: false`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from serving.deps import AppKey, ItemIdPath, K, ModelDep, RequestId, Services, S
 from serving.errors import ServiceUnavailable, invalid
 from serving.openapi import AUTH, problems
 from serving.redis_guard import map_redis_errors
+from serving.responses import SchemaResponse
 from serving.schemas import PopularPublic, RecommendationPublic, RecommendationsPublic, SimilarPublic
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])
@@ -59,7 +61,7 @@ async def recommendations(
     category: Category = None,
     exclude: Exclude = [],  # noqa: B006 (FastAPI copies defaults per request)
     include_seen: IncludeSeen = False,
-) -> RecommendationsPublic:
+) -> SchemaResponse:
     """The top `k` items for `user_id`, folding in their events of the last moments.
 
     An unknown user is not an error: they get trending and popular items with `known_user: false`.
@@ -69,11 +71,14 @@ async def recommendations(
     known = user_id in engine.artifact.user_ids
     trending_k = k + len(exclude) + _TRENDING_MARGIN
     store = services.store
-    state, _overrides_version, trending = await asyncio.gather(
-        _optional(services, "user_state", store.user_state(user_id)),
-        _optional(services, "catalog_overrides", services.catalogs.refresh(store)),
+    request_state, trending = await asyncio.gather(
+        _optional(services, "user_state", store.request_state(user_id)),
         _optional(services, "trending", store.trending(trending_k, category)) if not known else _nothing(),
     )
+    state = None
+    if request_state is not None:
+        state, catalog_version = request_state
+        await _optional(services, "catalog_overrides", services.catalogs.sync(store, catalog_version))
     if state is not None and state.forgotten and trending is None:
         trending = await _optional(services, "trending", services.store.trending(trending_k, category))
     result = engine.recommend(
@@ -89,7 +94,7 @@ async def recommendations(
         now_us=unix_micros(services.clock()),
     )
     services.metrics.recommendations.labels(endpoint="recommendations", strategy=result.strategy).inc()
-    return _recommendations(result, user_id, request_id, realtime=state is not None)
+    return SchemaResponse(_recommendations(result, user_id, request_id, realtime=state is not None))
 
 
 @router.get(
@@ -106,7 +111,7 @@ async def similar(
     request_id: RequestId,
     k: K,
     category: Category = None,
-) -> SimilarPublic:
+) -> SchemaResponse:
     """Items bought and viewed by the same people as `item_id` (404 for an item the model lacks)."""
     catalog_version = await _optional(
         services, "catalog_overrides", services.catalogs.refresh(services.store)
@@ -114,12 +119,14 @@ async def similar(
     engine = model.engine
     items = engine.similar(item_id, k=k, category=category, catalog=services.catalogs.catalog(engine))
     services.metrics.recommendations.labels(endpoint="similar", strategy="personalized").inc()
-    return SimilarPublic(
-        request_id=request_id,
-        item_id=item_id,
-        model_version=model.version,
-        realtime=catalog_version is not None,
-        items=_items(items),
+    return SchemaResponse(
+        SimilarPublic(
+            request_id=request_id,
+            item_id=item_id,
+            model_version=model.version,
+            realtime=catalog_version is not None,
+            items=_items(items),
+        )
     )
 
 
@@ -137,7 +144,7 @@ async def popular(
     k: K,
     category: Category = None,
     exclude: Exclude = [],  # noqa: B006 (FastAPI copies defaults per request)
-) -> PopularPublic:
+) -> SchemaResponse:
     """Items trending in recent events (from Redis), topped up by the model's overall popularity."""
     _check_exclude(exclude, services)
     store = services.store
@@ -154,12 +161,14 @@ async def popular(
         exclude=exclude,
     )
     services.metrics.recommendations.labels(endpoint="popular", strategy="popular").inc()
-    return PopularPublic(
-        request_id=request_id,
-        category=category,
-        model_version=model.version,
-        realtime=trending is not None,
-        items=_items(items),
+    return SchemaResponse(
+        PopularPublic(
+            request_id=request_id,
+            category=category,
+            model_version=model.version,
+            realtime=trending is not None,
+            items=_items(items),
+        )
     )
 
 

@@ -218,6 +218,30 @@ async def test_user_state_is_one_round_trip(store: Store, monitor: Monitor) -> N
     assert states == [UserState([RecentEvent("i1", "view", unix_micros(START), None)], {"i9"}, False)]
 
 
+async def test_request_state_adds_the_catalog_version_to_the_same_round_trip(
+    store: Store, monitor: Monitor
+) -> None:
+    await store.record_events([view("u", "i1", START)], [None])
+    version = await store.upsert_items([{"item_id": "i1", "available": False}])
+
+    async def read() -> None:
+        states.append(await store.request_state("u"))
+
+    states: list[tuple[UserState, int]] = []
+    commands = await monitor.commands(read)
+    assert [command.split()[0] for command in commands] == [
+        "MULTI",
+        "LRANGE",
+        "SMEMBERS",
+        "SISMEMBER",
+        "GET",
+        "EXEC",
+    ]
+    assert states == [
+        (UserState([RecentEvent("i1", "view", unix_micros(START), None)], set(), False), version)
+    ]
+
+
 async def test_unknown_user_has_empty_state(store: Store) -> None:
     assert await store.user_state("nobody") == UserState([], set(), False)
     assert await store.get_profile("nobody") is None
