@@ -1,6 +1,6 @@
 """Recommendation latency and throughput of the real server beside a bare FastAPI endpoint.
 
-    .venv/bin/python bench/serve.py [--users 200000 --items 100000 --events 5000000] [--workers 1]
+    .venv/bin/python bench/serve.py [--users 200000 --items 100000 --events 5000000] [--workers 2]
 
 Trains a 100k-item x 64-factor model on synthetic data (or reuses --registry), starts `recsvc serve`
 and a bare FastAPI JSON endpoint under the same uvicorn settings, posts fresh events for the users
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=5_000_000)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of both servers")
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--work", type=Path, help="reuse this folder's data and model")
