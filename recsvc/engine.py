@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,8 @@ from recsvc.errors import InputError, NotFoundError
 from recsvc.foldin import FoldIn
 from recsvc.ranking import Blocked, Ranked, Scorer, item_norms, ranked_list, top_k
 from recsvc.weighting import decay_factors, type_weights
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -315,13 +317,7 @@ class Engine:
         self, user_ids: Sequence[str], recent: Mapping[str, Sequence[RecentEvent]], now_us: int
     ) -> _Events:
         """The batch's recent events as arrays; events on unknown items or of unknown types drop out."""
-        flat: list[RecentEvent] = []
-        counts: list[int] = []
-        for user_id in user_ids:
-            events = recent.get(user_id, ())
-            flat.extend(events)
-            counts.append(len(events))
-        users = np.repeat(np.arange(len(user_ids), dtype=np.int64), counts)
+        flat, users = _flatten(user_ids, recent)
         items = self.artifact.item_ids.indices_of([event.item_id for event in flat])
         codes = np.fromiter(
             (self._type_code.get(event.type, -1) for event in flat), dtype=np.int64, count=len(flat)
@@ -340,13 +336,7 @@ class Engine:
     def _dismissed(
         self, user_ids: Sequence[str], excluded: Mapping[str, Collection[str]]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        names: list[str] = []
-        counts: list[int] = []
-        for user_id in user_ids:
-            items = excluded.get(user_id, ())
-            names.extend(items)
-            counts.append(len(items))
-        users = np.repeat(np.arange(len(user_ids), dtype=np.int64), counts)
+        names, users = _flatten(user_ids, excluded)
         items = self.artifact.item_ids.indices_of(names)
         return users[items >= 0], items[items >= 0]
 
@@ -514,3 +504,16 @@ def _last_training_event_us(manifest: dict[str, Any]) -> int | None:
     except ValueError:
         log.warning("model manifest has an unreadable data.last_event %r", value)
         return None
+
+
+def _flatten(
+    user_ids: Sequence[str], per_user: Mapping[str, Collection[T]]
+) -> tuple[list[T], npt.NDArray[np.int64]]:
+    """Every user's entries in one list, with the batch position of the user each came from."""
+    flat: list[T] = []
+    counts: list[int] = []
+    for user_id in user_ids:
+        entries = per_user.get(user_id, ())
+        flat.extend(entries)
+        counts.append(len(entries))
+    return flat, np.repeat(np.arange(len(user_ids), dtype=np.int64), counts)
