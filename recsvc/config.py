@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -50,6 +50,7 @@ def _default_event_types() -> dict[str, EventType]:
         "rate": EventType(weight=1.0, value="linear"),
         "play": EventType(weight=1.0, value="log1p"),
         "push_open": EventType(weight=2.0),
+        "push_click": EventType(weight=3.0),
         "dismiss": EventType(weight=0.0, exclude_from_recommendations=True),
     }
 
@@ -160,6 +161,97 @@ class ServingConfig(Section):
     retry_after_seconds: int = Field(default=5, ge=1)
 
 
+def _clock_time(value: str) -> str:
+    hours, _, minutes = value.partition(":")
+    if not (
+        hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60 and len(minutes) == 2
+    ):
+        raise ValueError(f"'{value}' is not a time of day like '21:30'")
+    return value
+
+
+ClockTime = Annotated[str, AfterValidator(_clock_time)]
+
+
+class PushRules(Section):
+    """How often and when a user may get a push; each campaign may override any of these."""
+
+    max_per_day: int = Field(default=2, ge=0)
+    max_per_week: int = Field(default=6, ge=0)
+    min_gap_hours: float = Field(default=24.0, ge=0.0)
+    item_repeat_days: float = Field(default=14.0, ge=0.0)
+    quiet_start: ClockTime = "21:00"
+    quiet_end: ClockTime = "08:00"
+
+
+class DeliveryConfig(Section):
+    provider: Literal["log", "fcm", "webhook"] = "log"
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_base_seconds: float = Field(default=30.0, gt=0.0)
+    backoff_max_seconds: float = Field(default=3600.0, gt=0.0)
+    claim_idle_seconds: float = Field(default=300.0, gt=0.0)
+    read_count: int = Field(default=100, ge=1)
+    block_seconds: float = Field(default=1.0, gt=0.0)
+
+
+class FcmConfig(Section):
+    project_id: str = ""
+    endpoint: str = "https://fcm.googleapis.com"
+    credentials_file: str = ""
+    rate_per_second: float = Field(default=500.0, gt=0.0)
+    timeout_seconds: float = Field(default=10.0, gt=0.0)
+
+
+class WebhookConfig(Section):
+    url: str = ""
+    secret: str = ""
+    rate_per_second: float = Field(default=100.0, gt=0.0)
+    timeout_seconds: float = Field(default=10.0, gt=0.0)
+
+
+class LogProviderConfig(Section):
+    rate_per_second: float = Field(default=1000.0, gt=0.0)
+
+
+class ProvidersConfig(Section):
+    fcm: FcmConfig = Field(default_factory=FcmConfig)
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig)
+    log: LogProviderConfig = Field(default_factory=LogProviderConfig)
+
+
+def _default_retrain_command() -> list[str]:
+    return ["recsvc", "train", "--promote-if-better"]
+
+
+class SchedulerConfig(Section):
+    lease_seconds: float = Field(default=30.0, gt=0.0)
+    renew_seconds: float = Field(default=10.0, gt=0.0)
+    trigger_poll_seconds: float = Field(default=30.0, gt=0.0)
+    misfire_grace_seconds: int = Field(default=3600, ge=1)
+    archive_cron: str = "*/15 * * * *"
+    retrain_cron: str = "0 3 * * *"
+    retrain_command: list[str] = Field(default_factory=_default_retrain_command)
+
+
+class TrackingConfig(Section):
+    open_event_type: str = "push_open"
+    click_event_type: str = "push_click"
+    conversion_event_type: str = "purchase"
+    conversion_window_hours: float = Field(default=72.0, gt=0.0)
+
+
+class NotifierConfig(Section):
+    default_timezone: str = "UTC"
+    batch_size: int = Field(default=5_000, ge=1)
+    message_ttl_days: float = Field(default=30.0, gt=0.0)
+    run_lock_seconds: float = Field(default=300.0, gt=0.0)
+    rules: PushRules = Field(default_factory=PushRules)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    providers: ProvidersConfig = Field(default_factory=ProvidersConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
 class Settings(BaseSettings):
     """Every setting of recsvc; `configs/default.toml` documents each key."""
 
@@ -177,6 +269,7 @@ class Settings(BaseSettings):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    notifier: NotifierConfig = Field(default_factory=NotifierConfig)
 
     @classmethod
     def settings_customise_sources(

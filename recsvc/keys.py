@@ -15,6 +15,12 @@ SECONDS_PER_DAY = 86_400
 # so a crashed archiver blocks the next run for at most this long.
 ARCHIVE_LOCK_TTL_SECONDS = 600
 
+# Consumer groups: the notifier's on the event stream (triggers and conversions; the archive reads
+# by id and trims only what this group has finished), and the delivery workers' on the outbox.
+NOTIFIER_EVENTS_GROUP = "notifier"
+DELIVERY_GROUP = "delivery"
+DEAD_LETTER_MAXLEN = 100_000
+
 
 def history_ttl_seconds(serving: ServingConfig) -> int:
     """A user's recent history expires this long after their last recorded event."""
@@ -56,7 +62,20 @@ class Keys:
 
     def user_keys(self, user_id: str) -> tuple[str, ...]:
         """Everything stored about one user, deleted together when the user is forgotten."""
-        return self.history(user_id), self.dismissed(user_id), self.profile(user_id)
+        return (
+            self.history(user_id),
+            self.dismissed(user_id),
+            self.profile(user_id),
+            self.user_pushes(user_id),
+            self.user_pushed_items(user_id),
+        )
+
+    def profiles(self) -> str:
+        """Set of the ids of users who have a profile: the population campaigns select from.
+
+        No TTL: members leave when the user is forgotten.
+        """
+        return f"{self.prefix}:users:with-profile"
 
     def forgotten(self) -> str:
         """Set of user ids whose data was deleted.
@@ -126,3 +145,109 @@ class Keys:
     def events_archive_lock(self) -> str:
         """Lease held by the one archive run allowed at a time. TTL: `ARCHIVE_LOCK_TTL_SECONDS`."""
         return f"{self.prefix}:events:archive-lock"
+
+    # --- push campaigns (notifier) --------------------------------------------------------------
+
+    def campaigns(self) -> str:
+        """Hash campaign id -> campaign JSON. No TTL: a campaign lives until it is deleted."""
+        return f"{self.prefix}:campaigns"
+
+    def campaign_runs(self, campaign_id: str) -> str:
+        """Sorted set run id -> unix time the run started. No TTL: deleted with the campaign."""
+        return f"{self.prefix}:campaign:{campaign_id}:runs"
+
+    def campaign_run(self, campaign_id: str, run_id: str) -> str:
+        """Hash of one run: `status` (running/done), `started`, `finished`, `due` (unix s).
+
+        No TTL: deleted with the campaign.
+        """
+        return f"{self.prefix}:campaign:{campaign_id}:run:{run_id}"
+
+    def campaign_run_lock(self, campaign_id: str, run_id: str) -> str:
+        """Lease of the one process executing a run. TTL: `notifier.run_lock_seconds`."""
+        return f"{self.prefix}:campaign:{campaign_id}:run:{run_id}:lock"
+
+    def campaign_stats(self, campaign_id: str, run_id: str | None = None) -> str:
+        """Hash counter name -> count, of one run or (run None) of all runs together.
+
+        No TTL: deleted with the campaign.
+        """
+        scope = "total" if run_id is None else f"run:{run_id}"
+        return f"{self.prefix}:campaign:{campaign_id}:stats:{scope}"
+
+    def campaign_triggers(self, campaign_id: str) -> str:
+        """Sorted set user id -> unix time a triggered push falls due (one pending per user).
+
+        No TTL: entries leave when they fire or are cancelled; deleted with the campaign.
+        """
+        return f"{self.prefix}:campaign:{campaign_id}:triggers"
+
+    def campaign_trigger_events(self, campaign_id: str) -> str:
+        """Hash user id -> JSON of the event that armed their pending trigger (item, ts).
+
+        No TTL: mirrors `campaign_triggers`.
+        """
+        return f"{self.prefix}:campaign:{campaign_id}:trigger-events"
+
+    def message(self, message_id: str) -> str:
+        """Hash of one push message: campaign, run, user, title, body, deep link, items, control
+        flag, due time, attempts, status, and the tracking flags opened/clicked/converted.
+
+        TTL: `notifier.message_ttl_days`, so opens and conversions can be attributed meanwhile.
+        """
+        return f"{self.prefix}:message:{message_id}"
+
+    def user_pushes(self, user_id: str) -> str:
+        """Sorted set "<campaign id>|<run id>" -> unix time the push is due, for caps and gaps.
+
+        TTL: the longest window a rule looks back (a week, or the campaign gap if longer),
+        refreshed on every write; older members are trimmed on write.
+        """
+        return self._user(user_id, "pushes")
+
+    def user_pushed_items(self, user_id: str) -> str:
+        """Hash item id -> JSON {"m": message id, "t": unix time}: items pushed to the user, for
+        the no-repeat rule and for attributing purchases to the push.
+
+        TTL: the longer of `item_repeat_days` and the conversion window, refreshed on write.
+        """
+        return self._user(user_id, "pushed-items")
+
+    def outbox(self) -> str:
+        """Stream of messages ready to send (field `message_id`), read by the delivery workers'
+        consumer group `DELIVERY_GROUP`.
+
+        No TTL: a worker deletes an entry once it has finished with it (XACK + XDEL).
+        """
+        return f"{self.prefix}:outbox"
+
+    def outbox_delayed(self) -> str:
+        """Sorted set message id -> unix time it may be sent: local-time sends, pushes deferred
+        by quiet hours, retries with backoff. Due ones move to `outbox`.
+
+        No TTL: members leave when they move.
+        """
+        return f"{self.prefix}:outbox:delayed"
+
+    def dead_letters(self) -> str:
+        """Stream of messages that failed `max_attempts` times (message id, last error).
+
+        No TTL; capped at `DEAD_LETTER_MAXLEN` entries.
+        """
+        return f"{self.prefix}:outbox:dead"
+
+    def provider_rate(self, provider: str) -> str:
+        """Token bucket of one provider's send rate, shared by every worker. TTL: a few seconds."""
+        return f"{self.prefix}:provider:{provider}:rate"
+
+    def scheduler_lease(self) -> str:
+        """Owner id of the scheduler allowed to fire jobs. TTL: `scheduler.lease_seconds`."""
+        return f"{self.prefix}:scheduler:leader"
+
+    def scheduler_jobs(self) -> str:
+        """APScheduler's RedisJobStore jobs hash. No TTL: jobs leave when removed or finished."""
+        return f"{self.prefix}:scheduler:jobs"
+
+    def scheduler_run_times(self) -> str:
+        """APScheduler's RedisJobStore next-run-time sorted set. No TTL: mirrors the jobs hash."""
+        return f"{self.prefix}:scheduler:run-times"

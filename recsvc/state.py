@@ -256,6 +256,7 @@ class Store:
                     pipe.hset(key, mapping=write)  # type: ignore[arg-type]
                 if remove:
                     pipe.hdel(key, *remove)
+                pipe.sadd(self._keys.profiles(), user_id)
                 await pipe.execute()
 
     async def get_profile(self, user_id: str) -> dict[str, Any] | None:
@@ -283,6 +284,7 @@ class Store:
         with unavailable_as_error("forget_user"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(*keys.user_keys(user_id))
+                pipe.srem(keys.profiles(), user_id)
                 pipe.sadd(keys.forgotten(), user_id)
                 await pipe.execute()
 
