@@ -11,15 +11,15 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from recsvc.catalog_cache import CatalogCache
 from recsvc.config import Settings
+from recsvc.current_model import LoadedModel, ModelHolder
 from recsvc.redis_conn import connect_async
 from recsvc.registry import Registry
 from recsvc.state import Store, utc_now
-from serving.catalogs import CatalogCache
 from serving.deps import Services
 from serving.metrics import Metrics
 from serving.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from serving.model import LoadedModel, ModelHolder
 from serving.openapi import install_openapi
 from serving.problems import install_problem_handlers
 from serving.routes import events, items, models, ops, recommendations, users

@@ -15,13 +15,13 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from recsvc.catalog_cache import CatalogCache
 from recsvc.config import Role, Settings
+from recsvc.current_model import LoadedModel, ModelHolder
 from recsvc.registry import Registry
 from recsvc.state import Store
-from serving.catalogs import CatalogCache
 from serving.errors import Forbidden, InvalidRequest, ServiceUnavailable, Unauthorized, invalid
 from serving.metrics import Metrics
-from serving.model import LoadedModel, ModelHolder
 from serving.problems import request_id_of
 
 Clock = Callable[[], datetime]
