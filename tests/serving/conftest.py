@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from serving_support import NOW, Api, ManualClock, Models, base_settings, open_api, write_planted_shop
+from serving_support import Api, open_api
+from shop import NOW, ManualClock, Models, base_settings, write_planted_shop
 
 from recsvc.config import Settings
 from recsvc.registry import Registry

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from serving_support import ADMIN_KEY, APP_KEY, Api, assert_problem
+from serving_support import Api, assert_problem
+from shop import ADMIN_KEY, APP_KEY
 
 from serving.deps import get_services
 

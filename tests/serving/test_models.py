@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
-from serving_support import Api, ManualClock, assert_problem, open_api
+from serving_support import Api, assert_problem, open_api
+from shop import ManualClock
 
 from recsvc.config import Settings
 from recsvc.registry import Registry

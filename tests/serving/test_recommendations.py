@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from serving_support import Api, category_count, items_of
+from serving_support import Api, category_count
+from shop import items_of
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from serving_support import Api, ManualClock, assert_problem, open_api
+from serving_support import Api, assert_problem, open_api
+from shop import ManualClock
 
 from recsvc.config import Settings
 from recsvc.registry import Registry

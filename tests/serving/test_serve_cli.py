@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from serving_support import ADMIN_KEY, APP_KEY, REPO, Models
+from shop import ADMIN_KEY, APP_KEY, REPO, Models
 
 from recsvc.cli import main
 from recsvc.config import CONFIG_ENV, Settings
