@@ -67,3 +67,10 @@ class ArtifactError(RecsvcError):
 
     status = 500
     title = "Invalid model artifact"
+
+
+class ConflictError(RecsvcError):
+    """The request conflicts with the current state (an id already taken, a run already running)."""
+
+    status = 409
+    title = "Conflict"

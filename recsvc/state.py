@@ -106,7 +106,26 @@ def _history_entry(event: Event, ts_us: int) -> str:
     return _compact(entry)
 
 
-def _recent_event(entry: str) -> RecentEvent:
+def profile_from_hash(user_id: str, stored: Mapping[str, str]) -> dict[str, Any] | None:
+    """A profile hash (see `Keys.profile`) as a profile with every field present, or None if empty."""
+    if not stored:
+        return None
+    devices = {
+        name.removeprefix(_DEVICE): json.loads(value)
+        for name, value in stored.items()
+        if name.startswith(_DEVICE)
+    }
+    return {
+        "user_id": user_id,
+        "attributes": json.loads(stored.get("attributes", "{}")),
+        "timezone": stored.get("timezone"),
+        "push_consent": stored.get("push_consent") == "1",
+        "devices": devices,
+    }
+
+
+def recent_event(entry: str) -> RecentEvent:
+    """One entry of a user's history list (see `Keys.history`) as a `RecentEvent`."""
     fields = json.loads(entry)
     value = fields.get("v")
     return RecentEvent(fields["i"], fields["t"], int(fields["ts"]), None if value is None else float(value))
@@ -230,7 +249,7 @@ class Store:
                 if with_catalog_version:
                     pipe.get(keys.catalog_version())
                 recent, dismissed, forgotten, *version = await pipe.execute()
-        state = UserState([_recent_event(entry) for entry in recent], set(dismissed), bool(forgotten))
+        state = UserState([recent_event(entry) for entry in recent], set(dismissed), bool(forgotten))
         return state, version[0] if version else None
 
     async def dismiss(self, user_id: str, item_id: str) -> None:
@@ -263,20 +282,7 @@ class Store:
         """The user's profile with every field present (defaults filled in), or None if there is none."""
         with unavailable_as_error("get_profile"):
             stored: dict[str, str] = await self._redis.hgetall(self._keys.profile(user_id))  # type: ignore[assignment]
-        if not stored:
-            return None
-        devices = {
-            name.removeprefix(_DEVICE): json.loads(value)
-            for name, value in stored.items()
-            if name.startswith(_DEVICE)
-        }
-        return {
-            "user_id": user_id,
-            "attributes": json.loads(stored.get("attributes", "{}")),
-            "timezone": stored.get("timezone"),
-            "push_consent": stored.get("push_consent") == "1",
-            "devices": devices,
-        }
+        return profile_from_hash(user_id, stored)
 
     async def forget_user(self, user_id: str) -> None:
         """Delete the user's profile, tokens, history and dismissals; mark them forgotten for good."""

@@ -1,0 +1,174 @@
+"""Campaigns in Redis: create, read, replace, pause, resume and delete, each validated on save.
+
+A campaign is one JSON document in the hash `Keys.campaigns`, so saving it is one atomic write
+and the scheduler sees either the old or the new version. Saving checks what pydantic cannot:
+the templates (see `notifier.templates`, against the attributes stored profiles really have)
+and the event types of a trigger (they must be configured in `[events.types]`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+
+import redis.asyncio as aioredis
+
+from notifier.campaign import Campaign, CampaignSpec, CampaignStatus
+from notifier.templates import Templates
+from recsvc.config import Settings
+from recsvc.errors import ConflictError, InputError, NotFoundError
+from recsvc.keys import Keys
+from recsvc.redis_conn import unavailable_as_error
+from recsvc.state import utc_now
+
+# Profiles sampled to learn which attribute names exist, for the template check.
+ATTRIBUTE_SAMPLE = 500
+
+
+class CampaignStore:
+    """Campaign documents of one deployment (one key prefix)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        templates: Templates | None = None,
+    ) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._keys = Keys(settings.redis.prefix)
+        self._clock = clock
+        self._templates = templates or Templates()
+
+    async def create(self, spec: CampaignSpec, campaign_id: str | None = None) -> Campaign:
+        """Save a new campaign; its id is `campaign_id` or one made from the name."""
+        await self._check(spec)
+        now = self._clock()
+        campaign = Campaign.model_validate(
+            {
+                **spec.model_dump(),
+                "id": campaign_id or _new_id(spec.name),
+                "status": "active",
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        with unavailable_as_error("create campaign"):
+            created = await self._redis.hsetnx(
+                self._keys.campaigns(), campaign.id, campaign.model_dump_json()
+            )
+        if not created:
+            raise ConflictError(f"campaign {campaign.id!r} already exists", campaign_id=campaign.id)
+        return campaign
+
+    async def get(self, campaign_id: str) -> Campaign:
+        with unavailable_as_error("get campaign"):
+            stored = await self._redis.hget(self._keys.campaigns(), campaign_id)
+        if stored is None:
+            raise NotFoundError(f"no campaign {campaign_id!r}", campaign_id=campaign_id)
+        return Campaign.model_validate_json(stored)
+
+    async def list(self) -> list[Campaign]:
+        """Every campaign, oldest first."""
+        with unavailable_as_error("list campaigns"):
+            stored = await self._redis.hvals(self._keys.campaigns())
+        campaigns = [Campaign.model_validate_json(document) for document in stored]
+        return sorted(campaigns, key=lambda campaign: (campaign.created_at, campaign.id))
+
+    async def replace(self, campaign_id: str, spec: CampaignSpec) -> Campaign:
+        """Replace a campaign's definition, keeping its id, status, creation time and statistics."""
+        await self._check(spec)
+        current = await self.get(campaign_id)
+        updated = Campaign.model_validate(
+            {
+                **spec.model_dump(),
+                "id": current.id,
+                "status": current.status,
+                "created_at": current.created_at,
+                "updated_at": self._clock(),
+            }
+        )
+        await self._save(updated)
+        return updated
+
+    async def set_status(self, campaign_id: str, status: CampaignStatus) -> Campaign:
+        """Pause or resume: the scheduler drops or restores the campaign's job on its next round."""
+        current = await self.get(campaign_id)
+        updated = current.model_copy(update={"status": status, "updated_at": self._clock()})
+        await self._save(updated)
+        return updated
+
+    async def delete(self, campaign_id: str) -> None:
+        """Delete the campaign with its runs, statistics and pending triggers (sent messages expire)."""
+        await self.get(campaign_id)
+        keys = self._keys
+        with unavailable_as_error("delete campaign"):
+            runs = [str(run) for run in await self._redis.zrange(keys.campaign_runs(campaign_id), 0, -1)]
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(keys.campaigns(), campaign_id)
+                for run_id in runs:
+                    pipe.delete(
+                        keys.campaign_run(campaign_id, run_id),
+                        keys.campaign_run_lock(campaign_id, run_id),
+                        keys.campaign_stats(campaign_id, run_id),
+                    )
+                pipe.delete(
+                    keys.campaign_runs(campaign_id),
+                    keys.campaign_stats(campaign_id),
+                    keys.campaign_triggers(campaign_id),
+                    keys.campaign_trigger_events(campaign_id),
+                )
+                await pipe.execute()
+
+    async def _save(self, campaign: Campaign) -> None:
+        with unavailable_as_error("save campaign"):
+            await self._redis.hset(self._keys.campaigns(), campaign.id, campaign.model_dump_json())
+
+    async def _check(self, spec: CampaignSpec) -> None:
+        """Checks that need configuration or stored data; raise `InputError` naming the field."""
+        known_types = self._settings.events.types
+        if spec.trigger is not None:
+            fields = {"trigger.event": [spec.trigger.event]}
+            fields["trigger.cancel_on"] = spec.trigger.cancel_on
+            for field, types in fields.items():
+                unknown = sorted(set(types) - set(known_types))
+                if unknown:
+                    raise InputError(
+                        f"{field}: unknown event type(s) {', '.join(unknown)} "
+                        f"(configured: {', '.join(sorted(known_types))})",
+                        field=field,
+                    )
+        self._templates.check(spec.content, await self.profile_attributes())
+
+    async def profile_attributes(self) -> set[str]:
+        """Attribute names found on a random sample of stored profiles."""
+        keys = self._keys
+        with unavailable_as_error("sample profiles"):
+            users = [
+                str(user) for user in await self._redis.srandmember(keys.profiles(), ATTRIBUTE_SAMPLE) or []
+            ]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id in users:
+                    pipe.hget(keys.profile(user_id), "attributes")
+                documents = await pipe.execute()
+        names: set[str] = set()
+        for document in documents:
+            if document:
+                names.update(_attribute_names(document))
+        return names
+
+
+def _attribute_names(document: str) -> list[str]:
+    attributes = json.loads(document)
+    return list(attributes) if isinstance(attributes, dict) else []
+
+
+def _new_id(name: str) -> str:
+    """A readable, unique id: the name's slug and a random suffix."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:48] or "campaign"
+    return f"{slug}-{secrets.token_hex(3)}"

@@ -1,0 +1,154 @@
+"""Campaign definitions: the schema, the template check on save, and the Redis store."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from shop import ManualClock
+
+from notifier.campaign import CampaignSpec
+from notifier.store import CampaignStore
+from recsvc.config import Settings
+from recsvc.errors import ConflictError, InputError, NotFoundError
+from recsvc.keys import Keys
+from recsvc.state import Store
+
+pytestmark = pytest.mark.anyio
+
+
+def spec(**changes: Any) -> CampaignSpec:
+    document: dict[str, Any] = {
+        "name": "Weekly picks",
+        "schedule": {"kind": "cron", "cron": "0 10 * * 1", "timezone": "Europe/Berlin"},
+        "content": {"title": "Picked for you", "body": "{{ item.title }} and {{ items | length - 1 }} more"},
+    }
+    document.update(changes)
+    return CampaignSpec.model_validate(document)
+
+
+@pytest.fixture
+def campaigns(aredis: Any, notifier_settings: Settings, clock: ManualClock) -> CampaignStore:
+    return CampaignStore(aredis, notifier_settings, clock=clock)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"schedule": {"kind": "cron", "cron": "61 * * * *"}}, "invalid cron expression"),
+        (
+            {"schedule": {"kind": "cron", "cron": "0 10 * * *", "timezone": "Mars/Olympus"}},
+            "unknown timezone",
+        ),
+        ({"schedule": {"kind": "local_time", "at": "25:00"}}, "not a time of day"),
+        ({"trigger": {"event": "add_to_cart", "delay_minutes": 120}}, "a schedule or a trigger, not both"),
+        ({"segment": {"attributes": [{"field": "points", "op": "between", "value": [1]}]}}, "between"),
+        ({"segment": {"control_percent": 100}}, "control_percent"),
+        ({"content": {"title": "t", "body": "b", "source": "trigger_item"}}, "needs a trigger"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_the_schema_rejects_invalid_campaigns(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        spec(**changes)
+
+
+async def test_a_campaign_is_stored_listed_replaced_paused_and_deleted(
+    campaigns: CampaignStore, clock: ManualClock
+) -> None:
+    created = await campaigns.create(spec(), campaign_id="weekly")
+    assert created.status == "active" and created.created_at == clock.now
+    assert await campaigns.get("weekly") == created
+
+    clock.now += timedelta(minutes=5)
+    replaced = await campaigns.replace("weekly", spec(name="Weekly picks v2"))
+    assert (replaced.name, replaced.created_at, replaced.updated_at) == (
+        "Weekly picks v2",
+        created.created_at,
+        clock.now,
+    )
+    paused = await campaigns.set_status("weekly", "paused")
+    assert (await campaigns.get("weekly")).status == "paused" == paused.status
+
+    other = await campaigns.create(spec(name="Summer sale!"))
+    assert other.id.startswith("summer-sale-")
+    assert [campaign.id for campaign in await campaigns.list()] == ["weekly", other.id]
+
+    await campaigns.delete("weekly")
+    with pytest.raises(NotFoundError):
+        await campaigns.get("weekly")
+    assert [campaign.id for campaign in await campaigns.list()] == [other.id]
+
+
+async def test_an_id_cannot_be_taken_twice(campaigns: CampaignStore) -> None:
+    await campaigns.create(spec(), campaign_id="weekly")
+    with pytest.raises(ConflictError):
+        await campaigns.create(spec(name="another"), campaign_id="weekly")
+
+
+async def test_deleting_a_campaign_removes_its_runs_and_statistics(
+    campaigns: CampaignStore, aredis: Any, notifier_settings: Settings
+) -> None:
+    keys = Keys(notifier_settings.redis.prefix)
+    await campaigns.create(spec(), campaign_id="weekly")
+    await aredis.zadd(keys.campaign_runs("weekly"), {"20240201T1000Z": 1.0})
+    await aredis.hset(keys.campaign_run("weekly", "20240201T1000Z"), "status", "done")
+    await aredis.hset(keys.campaign_stats("weekly", "20240201T1000Z"), "sent", 3)
+    await aredis.hset(keys.campaign_stats("weekly"), "sent", 3)
+    await campaigns.delete("weekly")
+    assert await aredis.keys(f"{notifier_settings.redis.prefix}:campaign:weekly:*") == []
+
+
+@pytest.mark.parametrize(
+    ("content", "field", "message"),
+    [
+        ({"title": "{{ product.title }}", "body": "b"}, "content.title", r"unknown name\(s\) product"),
+        ({"title": "t", "body": "{{ item.titel }}"}, "content.body", "titel"),
+        ({"title": "t", "body": "{{ user.first_name }}"}, "content.body", "first_name"),
+        ({"title": "t", "body": "{% for i in items %}{{ i.title }}"}, "content.body", "syntax"),
+        ({"title": "t", "body": "b", "deep_link": "shop://{{ item.sku }}"}, "content.deep_link", "sku"),
+    ],
+)
+async def test_a_template_that_cannot_render_is_rejected_on_save(
+    campaigns: CampaignStore, content: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(InputError, match=message) as raised:
+        await campaigns.create(spec(content=content))
+    assert raised.value.fields["field"] == field
+    assert await campaigns.list() == []
+
+
+async def test_a_user_attribute_is_known_once_profiles_have_it(
+    campaigns: CampaignStore, store: Store
+) -> None:
+    body = "Hi {{ user.first_name }}, {{ item.title }} is back"
+    with pytest.raises(InputError, match="first_name"):
+        await campaigns.create(spec(content={"title": "t", "body": body}))
+    defaulted = "Hi {{ user.first_name | default('there') }}, {{ item.title }} is back"
+    assert (await campaigns.create(spec(content={"title": "t", "body": defaulted}))).content.body == defaulted
+
+    await store.put_profile("u1", {"attributes": {"first_name": "Ada", "tier": "gold"}})
+    created = await campaigns.create(spec(content={"title": "{{ user.tier }}", "body": body}))
+    assert created.content.title == "{{ user.tier }}"
+
+
+async def test_a_trigger_must_name_configured_event_types(campaigns: CampaignStore) -> None:
+    trigger = {"event": "add_to_kart", "delay_minutes": 120, "cancel_on": ["purchase"]}
+    with pytest.raises(InputError, match="add_to_kart") as raised:
+        await campaigns.create(spec(schedule=None, trigger=trigger))
+    assert raised.value.fields["field"] == "trigger.event"
+    trigger = {"event": "add_to_cart", "delay_minutes": 120, "cancel_on": ["purchased"]}
+    with pytest.raises(InputError, match="purchased"):
+        await campaigns.create(spec(schedule=None, trigger=trigger))
+    trigger["cancel_on"] = ["purchase"]
+    assert (await campaigns.create(spec(schedule=None, trigger=trigger))).trigger is not None
+
+
+def test_rules_override_only_what_a_campaign_sets(notifier_settings: Settings) -> None:
+    campaign_spec = spec(rules={"max_per_day": 1, "quiet_start": "22:30"})
+    rules = campaign_spec.effective_rules(notifier_settings.notifier.rules)
+    defaults = notifier_settings.notifier.rules
+    assert (rules.max_per_day, rules.quiet_start) == (1, "22:30")
+    assert (rules.max_per_week, rules.quiet_end) == (defaults.max_per_week, defaults.quiet_end)
