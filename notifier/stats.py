@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from recsvc.keys import Keys
+from recsvc.redis_conn import unavailable_as_error
 
 TARGETED = "targeted"
 SENT = "sent"
@@ -81,3 +84,30 @@ def summarize(raw: Mapping[str, str]) -> dict[str, Any]:
 
 def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
+
+
+async def campaign_stats(redis: aioredis.Redis, keys: Keys, campaign_id: str) -> dict[str, Any]:
+    """A campaign's counters in total and per run (oldest run first), each run with its status."""
+    with unavailable_as_error("campaign stats"):
+        runs: list[tuple[str, float]] = await redis.zrange(  # type: ignore[assignment]
+            keys.campaign_runs(campaign_id), 0, -1, withscores=True
+        )
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.campaign_stats(campaign_id))
+            for run_id, _ in runs:
+                pipe.hgetall(keys.campaign_stats(campaign_id, run_id))
+                pipe.hgetall(keys.campaign_run(campaign_id, run_id))
+            total, *per_run = await pipe.execute()
+    return {
+        "campaign_id": campaign_id,
+        "total": summarize(total),
+        "runs": [
+            {
+                "run_id": run_id,
+                "started": started,
+                "status": state.get("status", "unknown"),
+                **summarize(counters),
+            }
+            for (run_id, started), counters, state in zip(runs, per_run[::2], per_run[1::2], strict=True)
+        ],
+    }

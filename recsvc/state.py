@@ -267,7 +267,7 @@ class Store:
         unknown = sorted(set(profile) - PROFILE_FIELDS)
         if unknown:
             raise InputError(f"unknown profile fields: {', '.join(unknown)}", fields=unknown)
-        write, remove = _profile_fields(profile)
+        write, remove = profile_changes(profile)
         key = self._keys.profile(user_id)
         with unavailable_as_error("put_profile"):
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -400,7 +400,7 @@ class Store:
             return False
 
 
-def _profile_fields(profile: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+def profile_changes(profile: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
     """Hash fields to write and to delete for a partial profile update."""
     write: dict[str, str] = {}
     remove: list[str] = []

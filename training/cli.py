@@ -15,7 +15,7 @@ from recsvc.archive import forgotten_users
 from recsvc.cli import open_registry, print_json, registry_option
 from recsvc.config import Settings
 from recsvc.redis_conn import connect_sync, redis_url
-from training import importers, pipeline, synth, tune
+from training import importers, io, pipeline, profiles, synth, tune
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:
@@ -61,6 +61,36 @@ def register_data(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     for name in ("users", "items", "events", "categories", "days", "seed"):
         gen.add_argument(f"--{name}", type=int, help=f"default: [synth] {name}")
     gen.set_defaults(handler=_synth)
+
+
+def _import_users(args: argparse.Namespace, settings: Settings) -> int:
+    path = args.path / "users.parquet" if args.path.is_dir() else args.path
+    users = io.read_users(path)
+    client = connect_sync(settings, timeout=30.0)
+    try:
+        written = profiles.import_profiles(client, settings, users, demo_devices=args.demo_devices)
+    finally:
+        client.close()
+    devices = " with a demo device each" if args.demo_devices else ""
+    print(f"imported {written:,} user profiles{devices} from {path}")
+    return 0
+
+
+def register_users(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    users = subparsers.add_parser("users", help="user profiles in Redis")
+    actions = users.add_subparsers(dest="action", required=True)
+    imp = actions.add_parser(
+        "import",
+        parents=[parent],
+        help="load profiles from users.parquet/CSV (or a dataset folder) into Redis",
+    )
+    imp.add_argument("path", type=Path, help="a users file, or a dataset folder holding users.parquet")
+    imp.add_argument(
+        "--demo-devices",
+        action="store_true",
+        help="give every user a demo push token (for local runs with the log provider)",
+    )
+    imp.set_defaults(handler=_import_users)
 
 
 def forgotten_users_if_any(settings: Settings) -> set[str]:
