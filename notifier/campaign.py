@@ -49,6 +49,11 @@ class AttributePredicate(Spec):
     `field` names a key of the profile's `attributes`, or `timezone`.
     """
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"field": "tier", "op": "in", "value": ["gold", "silver"]}]},
+    )
+
     field: str = Field(min_length=1)
     op: AttributeOp = "eq"
     value: Any = None
@@ -77,6 +82,21 @@ class Segment(Spec):
     `serving.history_max` events within `serving.history_ttl_days`).
     """
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "attributes": [{"field": "points", "op": "between", "value": [100, 500]}],
+                    "active_within_days": 30,
+                    "push_consent": True,
+                    "has_device": True,
+                    "control_percent": 10,
+                }
+            ]
+        },
+    )
+
     attributes: list[AttributePredicate] = Field(default_factory=list)
     active_within_days: float | None = Field(default=None, gt=0)
     inactive_for_days: float | None = Field(default=None, gt=0)
@@ -95,6 +115,13 @@ class Segment(Spec):
 class CronSchedule(Spec):
     """Fires on a cron expression (minute hour day month weekday) in `timezone`."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"kind": "cron", "cron": "0 10 * * mon", "timezone": "Europe/Berlin"}]
+        },
+    )
+
     kind: Literal["cron"]
     cron: str
     timezone: TimezoneName = "UTC"
@@ -112,6 +139,10 @@ class CronSchedule(Spec):
 class IntervalSchedule(Spec):
     """Fires every `every_minutes`, from `start` (default: when saved)."""
 
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"kind": "interval", "every_minutes": 360}]}
+    )
+
     kind: Literal["interval"]
     every_minutes: float = Field(gt=0)
     start: datetime | None = None
@@ -120,6 +151,10 @@ class IntervalSchedule(Spec):
 
 class OnceSchedule(Spec):
     """Fires once at `at` (an ISO time; without an offset it is read in `timezone`)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"kind": "once", "at": "2026-12-01T10:00:00+01:00"}]}
+    )
 
     kind: Literal["once"]
     at: datetime
@@ -132,6 +167,11 @@ class LocalTimeSchedule(Spec):
     A run is prepared once a day at `prepare_at` UTC; each message waits in the delayed outbox
     until the user's next local `at`.
     """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"kind": "local_time", "at": "18:30", "weekdays": ["sat", "sun"]}]},
+    )
 
     kind: Literal["local_time"]
     at: ClockTime
@@ -152,6 +192,15 @@ class Trigger(Spec):
     re-arms the push from its own time.
     """
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"event": "add_to_cart", "delay_minutes": 120, "cancel_on": ["purchase"], "same_item": True}
+            ]
+        },
+    )
+
     event: str = Field(min_length=1)
     delay_minutes: float = Field(ge=0)
     cancel_on: list[str] = Field(default_factory=list)
@@ -166,6 +215,21 @@ ItemSource = Literal["personalized", "trending", "similar_to_last_viewed", "trig
 class Content(Spec):
     """What the push says: Jinja2 templates over `user`, `items`, `item` and `campaign`."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "{{ item.title }} is waiting",
+                    "body": "Still thinking about it, {{ user.first_name | default('there') }}?",
+                    "deep_link": "shop://product/{{ item.item_id }}",
+                    "items": 3,
+                    "source": "personalized",
+                }
+            ]
+        },
+    )
+
     title: str = Field(min_length=1, max_length=500)
     body: str = Field(min_length=1, max_length=2000)
     deep_link: str | None = Field(default=None, max_length=2000)
@@ -176,6 +240,11 @@ class Content(Spec):
 
 class RuleOverrides(Spec):
     """Per-campaign values of `[notifier.rules]`; None keeps the global value."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"max_per_day": 1, "quiet_start": "22:00", "quiet_end": "07:30"}]},
+    )
 
     max_per_day: int | None = Field(default=None, ge=0)
     max_per_week: int | None = Field(default=None, ge=0)
@@ -188,8 +257,24 @@ class RuleOverrides(Spec):
 # --- the campaign ---------------------------------------------------------------------------------
 
 
+_SPEC_EXAMPLE: dict[str, Any] = {
+    "name": "Cart reminder",
+    "segment": {"push_consent": True},
+    "trigger": {"event": "add_to_cart", "delay_minutes": 120, "cancel_on": ["purchase"]},
+    "content": {
+        "title": "{{ item.title }} is still in your cart",
+        "body": "Complete your order, or see {{ items[1].title if items | length > 1 else 'more' }}.",
+        "deep_link": "shop://cart",
+        "items": 3,
+        "source": "trigger_item",
+    },
+}
+
+
 class CampaignSpec(Spec):
     """What a marketer submits. Exactly one of `schedule` and `trigger`, or neither (run on demand)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_SPEC_EXAMPLE]})
 
     name: str = Field(min_length=1, max_length=200)
     segment: Segment = Field(default_factory=Segment)
@@ -217,6 +302,21 @@ CampaignStatus = Literal["active", "paused"]
 
 class Campaign(CampaignSpec):
     """A stored campaign: the spec plus its id, status and times."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    **_SPEC_EXAMPLE,
+                    "id": "cart-reminder",
+                    "status": "active",
+                    "created_at": "2026-11-23T09:00:00Z",
+                    "updated_at": "2026-11-23T09:00:00Z",
+                }
+            ]
+        },
+    )
 
     id: str
     status: CampaignStatus = "active"

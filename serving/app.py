@@ -11,6 +11,7 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from notifier.store import CampaignStore
 from recsvc.catalog_cache import CatalogCache
 from recsvc.config import Settings
 from recsvc.current_model import LoadedModel, ModelHolder
@@ -22,7 +23,7 @@ from serving.metrics import Metrics
 from serving.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from serving.openapi import install_openapi
 from serving.problems import install_problem_handlers
-from serving.routes import events, items, models, ops, recommendations, users
+from serving.routes import campaigns, events, items, models, ops, recommendations, users
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ TAGS = [
     {"name": "users", "description": "Profiles and push tokens; forgetting a user."},
     {"name": "catalog", "description": "Item changes between trainings (admin)."},
     {"name": "models", "description": "Model versions and promotion (admin)."},
+    {
+        "name": "campaigns",
+        "description": "Push campaigns: segment, schedule, content, rules, results (admin).",
+    },
     {"name": "operations", "description": "Health, readiness and metrics (no key)."},
 ]
 
@@ -65,7 +70,9 @@ def create_app(
         settings=settings,
         registry=registry,
         models=ModelHolder(registry, settings, on_swap=lambda model: metrics.served_version(model.version)),
+        redis=client,
         store=Store(client, settings, clock=now),
+        campaigns=CampaignStore(client, settings, clock=now),
         catalogs=CatalogCache(),
         metrics=metrics,
         clock=now,
@@ -97,7 +104,7 @@ def create_app(
     app.state.services = services
     install_problem_handlers(app)
     install_openapi(app)
-    for module in (recommendations, events, users, items, models, ops):
+    for module in (recommendations, events, users, items, models, campaigns, ops):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
+import redis.asyncio as aioredis
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from notifier.store import CampaignStore
 from recsvc.catalog_cache import CatalogCache
 from recsvc.config import Role, Settings
 from recsvc.current_model import LoadedModel, ModelHolder
@@ -34,7 +36,9 @@ class Services:
     settings: Settings
     registry: Registry
     models: ModelHolder
+    redis: aioredis.Redis
     store: Store
+    campaigns: CampaignStore
     catalogs: CatalogCache
     metrics: Metrics
     clock: Clock

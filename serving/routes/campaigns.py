@@ -1,0 +1,154 @@
+"""Push campaigns for marketers (admin): define, pause, resume, delete, and read their statistics.
+
+The campaign logic lives in `notifier`; these routes only translate HTTP to it.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response
+from pydantic import ConfigDict, Field
+
+from notifier.campaign import Campaign, CampaignSpec
+from notifier.stats import campaign_stats
+from recsvc.keys import Keys
+from serving.deps import AdminKey, Services, ServicesDep
+from serving.openapi import AUTH, problems
+from serving.redis_guard import map_redis_errors
+
+router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
+
+CampaignId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", examples=["cart-reminder"])]
+
+_EXAMPLE: dict[str, Any] = {
+    "id": "weekly-picks",
+    "name": "Weekly picks",
+    "segment": {
+        "attributes": [{"field": "tier", "op": "in", "value": ["gold", "silver"]}],
+        "active_within_days": 30,
+        "push_consent": True,
+        "control_percent": 10,
+    },
+    "schedule": {"kind": "local_time", "at": "18:30"},
+    "content": {
+        "title": "{{ item.title }} and more, picked for you",
+        "body": "Hi {{ user.first_name | default('there') }}, {{ items | length }} new picks are waiting.",
+        "deep_link": "shop://product/{{ item.item_id }}",
+        "items": 3,
+        "source": "personalized",
+    },
+    "rules": {"max_per_day": 1},
+}
+
+
+class CampaignCreate(CampaignSpec):
+    """A new campaign; `id` is made from the name when absent."""
+
+    id: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE]})
+
+
+def _guarded(services: Services, operation: str) -> AbstractContextManager[None]:
+    retry_after = services.settings.serving.retry_after_seconds
+    return map_redis_errors(operation, metrics=services.metrics, retry_after=retry_after)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=Campaign,
+    summary="Create a campaign (admin)",
+    responses=problems(400, *AUTH, 409, 422, 503),
+)
+async def create_campaign(_: AdminKey, body: CampaignCreate, services: ServicesDep) -> Campaign:
+    """Validate and save a campaign. Templates are rendered against sample data first: an unknown
+    name or field is a 400 naming the template."""
+    spec = CampaignSpec.model_validate(body.model_dump(exclude={"id"}))
+    with _guarded(services, "create_campaign"):
+        return await services.campaigns.create(spec, body.id)
+
+
+@router.get(
+    "", response_model=list[Campaign], summary="List campaigns (admin)", responses=problems(*AUTH, 503)
+)
+async def list_campaigns(_: AdminKey, services: ServicesDep) -> list[Campaign]:
+    with _guarded(services, "list_campaigns"):
+        return await services.campaigns.list()
+
+
+@router.get(
+    "/{campaign_id}",
+    response_model=Campaign,
+    summary="Read a campaign (admin)",
+    responses=problems(*AUTH, 404, 422, 503),
+)
+async def get_campaign(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> Campaign:
+    with _guarded(services, "get_campaign"):
+        return await services.campaigns.get(campaign_id)
+
+
+@router.put(
+    "/{campaign_id}",
+    response_model=Campaign,
+    summary="Replace a campaign's definition (admin)",
+    responses=problems(400, *AUTH, 404, 422, 503),
+)
+async def replace_campaign(
+    _: AdminKey, campaign_id: CampaignId, body: CampaignSpec, services: ServicesDep
+) -> Campaign:
+    """Its id, status, creation time and statistics stay; the scheduler picks up a new schedule."""
+    with _guarded(services, "replace_campaign"):
+        return await services.campaigns.replace(campaign_id, body)
+
+
+@router.delete(
+    "/{campaign_id}",
+    status_code=204,
+    summary="Delete a campaign (admin)",
+    responses=problems(*AUTH, 404, 422, 503),
+)
+async def delete_campaign(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> Response:
+    """Deletes the campaign with its runs, statistics and pending triggered pushes."""
+    with _guarded(services, "delete_campaign"):
+        await services.campaigns.delete(campaign_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{campaign_id}/pause",
+    response_model=Campaign,
+    summary="Pause a campaign (admin)",
+    responses=problems(*AUTH, 404, 422, 503),
+)
+async def pause_campaign(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> Campaign:
+    """No new run starts and no trigger fires until it is resumed; pending triggers wait."""
+    with _guarded(services, "pause_campaign"):
+        return await services.campaigns.set_status(campaign_id, "paused")
+
+
+@router.post(
+    "/{campaign_id}/resume",
+    response_model=Campaign,
+    summary="Resume a paused campaign (admin)",
+    responses=problems(*AUTH, 404, 422, 503),
+)
+async def resume_campaign(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> Campaign:
+    with _guarded(services, "resume_campaign"):
+        return await services.campaigns.set_status(campaign_id, "active")
+
+
+@router.get(
+    "/{campaign_id}/stats",
+    summary="A campaign's results, per run and in total (admin)",
+    responses=problems(*AUTH, 404, 422, 503),
+)
+async def get_stats(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> dict[str, Any]:
+    """Targeted, suppressed by reason, sent, delivered, failed, opened, clicked and converted, and
+    the control group's targeted and converted, with conversion rates (lift = treatment rate over
+    control rate)."""
+    with _guarded(services, "campaign_stats"):
+        await services.campaigns.get(campaign_id)
+        return await campaign_stats(services.redis, Keys(services.settings.redis.prefix), campaign_id)

@@ -1,0 +1,100 @@
+"""The campaign admin routes: validation as problem+json, the life cycle, the statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from serving_support import Api, assert_problem
+
+from notifier import stats
+from recsvc.keys import Keys
+
+pytestmark = pytest.mark.anyio
+
+CAMPAIGN: dict[str, Any] = {
+    "id": "weekly",
+    "name": "Weekly picks",
+    "segment": {"push_consent": True, "control_percent": 10},
+    "schedule": {"kind": "cron", "cron": "0 10 * * mon", "timezone": "Europe/Berlin"},
+    "content": {"title": "{{ item.title }}", "body": "{{ items | length }} picks for you"},
+}
+
+
+async def test_a_campaign_goes_through_its_life_cycle(api: Api) -> None:
+    created = await api.admin.post("/v1/campaigns", json=CAMPAIGN)
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "active" and created.json()["id"] == "weekly"
+
+    listed = await api.admin.get("/v1/campaigns")
+    assert [campaign["id"] for campaign in listed.json()] == ["weekly"]
+
+    spec = {key: value for key, value in CAMPAIGN.items() if key != "id"}
+    replaced = await api.admin.put("/v1/campaigns/weekly", json={**spec, "name": "Weekly picks v2"})
+    assert replaced.status_code == 200 and replaced.json()["name"] == "Weekly picks v2"
+
+    paused = await api.admin.post("/v1/campaigns/weekly/pause")
+    assert paused.json()["status"] == "paused"
+    assert (await api.admin.get("/v1/campaigns/weekly")).json()["status"] == "paused"
+    resumed = await api.admin.post("/v1/campaigns/weekly/resume")
+    assert resumed.json()["status"] == "active"
+
+    deleted = await api.admin.delete("/v1/campaigns/weekly")
+    assert deleted.status_code == 204
+    assert_problem(await api.admin.get("/v1/campaigns/weekly"), 404, detail="weekly")
+
+
+async def test_invalid_campaigns_are_problems_that_say_what_is_wrong(api: Api) -> None:
+    unknown_field = {**CAMPAIGN, "content": {"title": "{{ item.colour }}", "body": "b"}}
+    body = assert_problem(await api.admin.post("/v1/campaigns", json=unknown_field), 400, detail="colour")
+    assert body["detail"].startswith("content.title")
+
+    bad_cron = {**CAMPAIGN, "schedule": {"kind": "cron", "cron": "every monday"}}
+    problem = assert_problem(await api.admin.post("/v1/campaigns", json=bad_cron), 422)
+    assert any("cron" in str(error["loc"]) for error in problem["errors"]), problem["errors"]
+
+    bad_id = {**CAMPAIGN, "id": "Weekly Picks"}
+    assert_problem(await api.admin.post("/v1/campaigns", json=bad_id), 422)
+
+    assert (await api.admin.post("/v1/campaigns", json=CAMPAIGN)).status_code == 201
+    assert_problem(await api.admin.post("/v1/campaigns", json=CAMPAIGN), 409, detail="already exists")
+    assert_problem(await api.admin.post("/v1/campaigns/nope/pause"), 404)
+
+
+async def test_campaigns_are_for_admins_only(api: Api) -> None:
+    assert_problem(await api.app_client.post("/v1/campaigns", json=CAMPAIGN), 403)
+    assert_problem(await api.app_client.get("/v1/campaigns"), 403)
+    assert_problem(await api.anonymous.get("/v1/campaigns"), 401)
+
+
+async def test_stats_add_up_runs_and_keep_the_control_group_apart(api: Api) -> None:
+    assert (await api.admin.post("/v1/campaigns", json=CAMPAIGN)).status_code == 201
+    empty = (await api.admin.get("/v1/campaigns/weekly/stats")).json()
+    assert empty["total"]["sent"] == 0 and empty["runs"] == []
+
+    keys = Keys(api.settings.redis.prefix)
+    redis = api.app.state.services.redis
+    runs = {
+        "20240201T1000Z": {stats.TARGETED: 9, stats.SENT: 8, stats.suppressed(stats.DAILY_CAP): 1},
+        "20240208T1000Z": {
+            stats.TARGETED: 11,
+            stats.SENT: 10,
+            stats.CONVERTED: 3,
+            stats.control(stats.TARGETED): 2,
+        },
+    }
+    async with redis.pipeline(transaction=True) as pipe:
+        for started, (run_id, counts) in enumerate(runs.items()):
+            pipe.zadd(keys.campaign_runs("weekly"), {run_id: float(started)})
+            pipe.hset(keys.campaign_run("weekly", run_id), "status", "done")
+            stats.stage_counts(pipe, keys, "weekly", run_id, counts)
+        await pipe.execute()
+
+    report = (await api.admin.get("/v1/campaigns/weekly/stats")).json()
+    assert report["total"]["targeted"] == 20 and report["total"]["sent"] == 18
+    assert report["total"]["suppressed"] == {"daily_cap": 1}
+    assert report["total"]["control"] == {"targeted": 2, "converted": 0}
+    assert report["total"]["conversion_rate"] == pytest.approx(3 / 20)
+    assert [run["run_id"] for run in report["runs"]] == list(runs)
+    assert [run["sent"] for run in report["runs"]] == [8, 10]
+    assert report["runs"][0]["status"] == "done"
