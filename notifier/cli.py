@@ -1,0 +1,143 @@
+"""`recsvc campaigns ...`: marketers' campaign commands, the same operations as `/v1/campaigns`.
+
+Campaign files are JSON or TOML documents of a `CampaignSpec` (see `configs/examples/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from notifier.campaign import CampaignSpec
+from notifier.stats import campaign_stats
+from notifier.store import CampaignStore
+from recsvc.cli import print_json
+from recsvc.config import Settings
+from recsvc.errors import InputError
+from recsvc.keys import Keys
+from recsvc.redis_conn import connect_async
+
+Action = Callable[[argparse.Namespace, Settings, aioredis.Redis], Awaitable[Any]]
+
+
+def read_campaign_file(path: Path) -> tuple[str | None, CampaignSpec]:
+    """A campaign file's optional `id` and its validated spec; errors name the file and the field."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+        document = tomllib.loads(raw) if path.suffix == ".toml" else json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: {exc}", path=str(path)) from exc
+    campaign_id = document.pop("id", None)
+    try:
+        return (campaign_id if isinstance(campaign_id, str) else None), CampaignSpec.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise InputError(f"{path}: {problems}", path=str(path)) from exc
+
+
+async def _create(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    file_id, spec = read_campaign_file(args.file)
+    campaign = await CampaignStore(client, settings).create(spec, args.id or file_id)
+    return campaign.model_dump(mode="json")
+
+
+async def _replace(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    _, spec = read_campaign_file(args.file)
+    campaign = await CampaignStore(client, settings).replace(args.campaign_id, spec)
+    return campaign.model_dump(mode="json")
+
+
+async def _list(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    return [
+        {"id": c.id, "name": c.name, "status": c.status, "fires": _fires(c.model_dump(mode="json"))}
+        for c in await CampaignStore(client, settings).list()
+    ]
+
+
+async def _show(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    return (await CampaignStore(client, settings).get(args.campaign_id)).model_dump(mode="json")
+
+
+async def _pause(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    campaign = await CampaignStore(client, settings).set_status(args.campaign_id, "paused")
+    return {"id": campaign.id, "status": campaign.status}
+
+
+async def _resume(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    campaign = await CampaignStore(client, settings).set_status(args.campaign_id, "active")
+    return {"id": campaign.id, "status": campaign.status}
+
+
+async def _delete(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    await CampaignStore(client, settings).delete(args.campaign_id)
+    return {"id": args.campaign_id, "deleted": True}
+
+
+async def _stats(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    await CampaignStore(client, settings).get(args.campaign_id)
+    return await campaign_stats(client, Keys(settings.redis.prefix), args.campaign_id)
+
+
+def _fires(campaign: dict[str, Any]) -> str:
+    if campaign.get("trigger"):
+        trigger = campaign["trigger"]
+        return f"{trigger['delay_minutes']:g} min after {trigger['event']}"
+    schedule = campaign.get("schedule")
+    if not schedule:
+        return "on demand"
+    details = {key: value for key, value in schedule.items() if key != "kind" and value is not None}
+    return f"{schedule['kind']} " + " ".join(f"{key}={value}" for key, value in details.items())
+
+
+def run_action(action: Action) -> Callable[[argparse.Namespace, Settings], int]:
+    """A CLI handler that runs `action` with a Redis client and prints its result as JSON."""
+
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        async def main() -> Any:
+            client = connect_async(settings)
+            try:
+                return await action(args, settings, client)
+            finally:
+                await client.aclose()
+
+        print_json(asyncio.run(main()))
+        return 0
+
+    return handler
+
+
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    campaigns = subparsers.add_parser("campaigns", help="push campaigns: define, pause, run, results")
+    actions = campaigns.add_subparsers(dest="action", required=True)
+
+    create = actions.add_parser("create", parents=[parent], help="create a campaign from a JSON/TOML file")
+    create.add_argument("file", type=Path)
+    create.add_argument("--id", help="campaign id (default: the file's `id`, else made from the name)")
+    create.set_defaults(handler=run_action(_create))
+    replace = actions.add_parser("replace", parents=[parent], help="replace a campaign's definition")
+    replace.add_argument("campaign_id")
+    replace.add_argument("file", type=Path)
+    replace.set_defaults(handler=run_action(_replace))
+    actions.add_parser("list", parents=[parent], help="every campaign").set_defaults(
+        handler=run_action(_list)
+    )
+    for name, action, text in (
+        ("show", _show, "one campaign's definition"),
+        ("pause", _pause, "stop runs and triggers until resumed"),
+        ("resume", _resume, "resume a paused campaign"),
+        ("delete", _delete, "delete a campaign, its runs and statistics"),
+        ("stats", _stats, "results per run and in total"),
+    ):
+        command = actions.add_parser(name, parents=[parent], help=text)
+        command.add_argument("campaign_id")
+        command.set_defaults(handler=run_action(action))
