@@ -1,6 +1,6 @@
 """`recsvc campaigns ...`: marketers' campaign commands, the same operations as `/v1/campaigns`.
 
-Campaign files are JSON or TOML documents of a `CampaignSpec` (see `configs/examples/`).
+Campaign files are JSON or TOML documents of a `CampaignSpec` (see `configs/campaigns/`).
 """
 
 from __future__ import annotations

@@ -157,7 +157,9 @@ class Keys:
         return f"{self.prefix}:campaign:{campaign_id}:runs"
 
     def campaign_run(self, campaign_id: str, run_id: str) -> str:
-        """Hash of one run: `status` (running/done), `started`, `finished`, `due` (unix s).
+        """Hash of one run: `status` (running/done), `started`, `finished` (unix s), the checkpoint
+        `position` (SSCAN cursor, or offset in `users`) and, for a run over given users (triggered
+        pushes), `users` and `trigger_events` (JSON), so a crashed run resumes from here alone.
 
         No TTL: deleted with the campaign.
         """
@@ -191,7 +193,8 @@ class Keys:
 
     def message(self, message_id: str) -> str:
         """Hash of one push message: campaign, run, user, title, body, deep link, items, control
-        flag, due time, attempts, status, and the tracking flags opened/clicked/converted.
+        flag, due time, attempts, status, `error` (the last one), `sent_at`, and the tracking
+        flags opened/clicked/converted.
 
         TTL: `notifier.message_ttl_days`, so opens and conversions can be attributed meanwhile.
         """
@@ -215,11 +218,12 @@ class Keys:
 
     def outbox(self) -> str:
         """Stream of messages ready to send (field `message_id`), read by the delivery workers'
-        consumer group `DELIVERY_GROUP`.
+        consumer group `DELIVERY_GROUP`. The outbox keys share the hash tag `{outbox}`, so one
+        script can move messages between them in Redis Cluster.
 
         No TTL: a worker deletes an entry once it has finished with it (XACK + XDEL).
         """
-        return f"{self.prefix}:outbox"
+        return f"{self.prefix}:{{outbox}}"
 
     def outbox_delayed(self) -> str:
         """Sorted set message id -> unix time it may be sent: local-time sends, pushes deferred
@@ -227,14 +231,14 @@ class Keys:
 
         No TTL: members leave when they move.
         """
-        return f"{self.prefix}:outbox:delayed"
+        return f"{self.prefix}:{{outbox}}:delayed"
 
     def dead_letters(self) -> str:
         """Stream of messages that failed `max_attempts` times (message id, last error).
 
         No TTL; capped at `DEAD_LETTER_MAXLEN` entries.
         """
-        return f"{self.prefix}:outbox:dead"
+        return f"{self.prefix}:{{outbox}}:dead"
 
     def provider_rate(self, provider: str) -> str:
         """Token bucket of one provider's send rate, shared by every worker. TTL: a few seconds."""

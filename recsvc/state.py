@@ -106,6 +106,11 @@ def _history_entry(event: Event, ts_us: int) -> str:
     return _compact(entry)
 
 
+def device_field(device_id: str) -> str:
+    """The field of a device in a profile hash (see `Keys.profile`)."""
+    return _DEVICE + device_id
+
+
 def profile_from_hash(user_id: str, stored: Mapping[str, str]) -> dict[str, Any] | None:
     """A profile hash (see `Keys.profile`) as a profile with every field present, or None if empty."""
     if not stored:
@@ -426,10 +431,10 @@ def profile_changes(profile: Mapping[str, Any]) -> tuple[dict[str, str], list[st
         raise InputError("profile devices must be an object of device id -> token", field="devices")
     for device_id, device in devices.items():
         if device is None:
-            remove.append(_DEVICE + device_id)
+            remove.append(device_field(device_id))
         elif isinstance(device, Mapping) and isinstance(device.get("token"), str):
             token = {"token": device["token"], "platform": device.get("platform")}
-            write[_DEVICE + device_id] = _json_field(token, f"devices.{device_id}")
+            write[device_field(device_id)] = _json_field(token, f"devices.{device_id}")
         else:
             raise InputError(f"device {device_id} needs a token", field=f"devices.{device_id}")
     return write, remove

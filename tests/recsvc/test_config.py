@@ -8,7 +8,8 @@ from recsvc.config import Settings, load_settings
 from recsvc.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((REPO / "configs").rglob("*.toml"))
+# Settings files; configs/campaigns/ holds campaign documents, parsed by the notifier's CLI tests.
+SHIPPED = sorted(path for path in (REPO / "configs").rglob("*.toml") if "campaigns" not in path.parts)
 
 
 def test_there_are_shipped_configs() -> None:

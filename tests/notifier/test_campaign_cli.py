@@ -12,7 +12,7 @@ from shop import REPO
 from recsvc.cli import main
 from recsvc.config import Settings
 
-EXAMPLES = REPO / "configs" / "examples"
+CAMPAIGNS = REPO / "configs" / "campaigns"
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
     return code, json.loads(out) if code == 0 else out
 
 
-@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("campaign-*.toml")), ids=lambda path: path.stem)
+@pytest.mark.parametrize("example", sorted(CAMPAIGNS.glob("*.toml")), ids=lambda path: path.stem)
 def test_the_example_campaigns_are_created_and_listed(
     example: Path, cli_env: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -40,7 +40,7 @@ def test_the_example_campaigns_are_created_and_listed(
 
 
 def test_pause_resume_show_stats_and_delete(cli_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    run(capsys, "campaigns", "create", str(EXAMPLES / "campaign-weekly-picks.toml"), "--id", "picks")
+    run(capsys, "campaigns", "create", str(CAMPAIGNS / "weekly-picks.toml"), "--id", "picks")
     assert run(capsys, "campaigns", "pause", "picks")[1]["status"] == "paused"
     assert run(capsys, "campaigns", "show", "picks")[1]["status"] == "paused"
     assert run(capsys, "campaigns", "resume", "picks")[1]["status"] == "active"

@@ -1,0 +1,564 @@
+"""A campaign run: segment -> sample and control -> rules -> recommendations -> template -> outbox.
+
+The population is walked in batches. A batch is read in one pipeline (`segments.read_users`),
+decided in a worker thread (predicates, rules, one `recommend_many` call, rendering; all CPU)
+and written in one MULTI/EXEC: messages, the users' push records, counters, and the run's
+checkpoint (the SSCAN cursor, or the offset in an explicit user list). A run killed at any
+point and run again resumes after the last batch written, so every user is decided, counted
+and messaged once. Users whose message of the run already exists are skipped: a second line of
+defence (SSCAN may return a member twice), and what lets a triggered campaign hand batch after
+batch of users to its day's run (a user handed over twice is messaged once; only a user who was
+suppressed the first time is decided, and counted, again).
+
+The run's hash (`Keys.campaign_run`) holds, besides `status`, `started` and `finished`, the
+checkpoint `position` and, for a run over explicit users, `users` and `trigger_events` (JSON),
+so a resume needs nothing but the campaign and the run id.
+
+One process executes a run at a time: it holds the lease `Keys.campaign_run_lock`, renewed by
+every batch write, which fails (and stops the run) if the lease was lost meanwhile.
+
+`preview` and `audience` go through the same functions as `run` and write nothing.
+
+Known limit: caps are read before a batch and written with it, so two campaigns running for the
+same user at the same instant may together exceed a cap by their overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from notifier import rules, segments, stats
+from notifier.campaign import Campaign, Segment
+from notifier.decisions import Context, Group, Outcome, behaviour_of, count, decide, tally_users
+from notifier.messages import Message, message_id, stage_messages
+from notifier.segments import Behaviour, Check, UserData
+from notifier.store import CampaignStore
+from notifier.templates import Templates
+from recsvc.catalog_cache import CatalogCache
+from recsvc.config import Settings
+from recsvc.current_model import LoadedModel, ModelHolder
+from recsvc.engine import RecentEvent, Recommendation
+from recsvc.errors import ConflictError, RecsvcError
+from recsvc.keys import SECONDS_PER_DAY, Keys
+from recsvc.redis_conn import unavailable_as_error
+from recsvc.state import Store, utc_now
+
+PREVIEW_RUN = "preview"
+EXACT_AUDIENCE_MAX = 100_000  # above this many profiles, `audience` estimates from a sample
+AUDIENCE_SAMPLE = 20_000
+TRENDING_MARGIN = 50  # trending items fetched beyond k, for users whose exclusions remove some
+
+# Delete the lease only if this process still holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RunConflict(ConflictError):
+    """Another process executes this run (or took its lease over after it lapsed)."""
+
+    title = "Campaign run in progress"
+
+
+class ModelNotLoaded(RecsvcError):
+    """Campaigns need recommendations, and no model is loaded (none promoted yet?)."""
+
+    status = 503
+    title = "No model loaded"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one execution of a run did; `counts` are the counters it added (see `notifier.stats`)."""
+
+    campaign_id: str
+    run_id: str
+    status: Literal["done", "paused"]
+    counts: dict[str, int]
+    messages: int
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What one user would get from a campaign now, and why; times are ISO 8601."""
+
+    campaign_id: str
+    user_id: str
+    group: Group
+    checks: list[Check]
+    reason: str | None
+    scheduled: str | None
+    due: str | None
+    due_local: str | None
+    deferred: bool
+    title: str | None
+    body: str | None
+    deep_link: str | None
+    items: list[Recommendation]
+    strategy: str | None
+    model_version: str
+
+
+@dataclass(frozen=True)
+class Audience:
+    """How many users a segment reaches; `sampled` and `control` are expected per run."""
+
+    population: int
+    examined: int
+    matching: int
+    with_consent: int
+    with_device: int
+    reachable: int
+    sampled: int
+    control: int
+    estimated: bool
+
+
+@dataclass(frozen=True)
+class _Progress:
+    """Where an execution starts: the stored position and the run's definition."""
+
+    position: int
+    users: list[str] | None
+    trigger_events: dict[str, RecentEvent]
+    resumed: bool
+    done: bool
+
+
+class CampaignRunner:
+    """Executes, previews and sizes campaigns against one deployment's Redis and current model."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: Settings,
+        models: ModelHolder,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        templates: Templates | None = None,
+    ) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._models = models
+        self._clock = clock
+        self._templates = templates or Templates()
+        self._keys = Keys(settings.redis.prefix)
+        self._store = Store(redis, settings, clock=clock)
+        self._campaigns = CampaignStore(redis, settings, clock=clock, templates=self._templates)
+        self._catalogs = CatalogCache()
+
+    # --- run --------------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        campaign: Campaign,
+        run_id: str,
+        *,
+        users: Sequence[str] | None = None,
+        trigger_events: Mapping[str, RecentEvent] | None = None,
+    ) -> RunSummary:
+        """Execute run `run_id` over the whole population, or only over `users` (triggered pushes).
+
+        Without `users`, a run that exists is resumed where its last execution stopped (with the
+        users and trigger events that execution was given), and a finished one does nothing. With
+        `users`, those users are decided whether or not the run exists: a triggered campaign
+        hands each due batch to its day's run, and users already messaged in it are skipped.
+        """
+        if campaign.status != "active":
+            return RunSummary(campaign.id, run_id, "paused", {}, 0, resumed=False)
+        loaded = self._loaded()
+        token = await self._acquire(campaign.id, run_id)
+        try:
+            progress = await self._start(campaign.id, run_id, users, trigger_events)
+            if progress.done:
+                return RunSummary(campaign.id, run_id, "done", {}, 0, resumed=True)
+            base = await self._context(campaign, run_id, loaded, progress.trigger_events)
+            windows = await self._windows(campaign)
+            totals: Counter[str] = Counter()
+            written = 0
+            seen: set[str] = set()
+            async for position, last, page in self._batches(progress):
+                fresh = [user_id for user_id in dict.fromkeys(page) if user_id not in seen]
+                seen.update(fresh)
+                ctx = replace(base, now=self._clock())
+                counts, messages = await self._batch(ctx, fresh, token, position, last, windows)
+                totals.update(counts)
+                written += messages
+        finally:
+            await self._release(campaign.id, run_id, token)
+        return RunSummary(campaign.id, run_id, "done", dict(totals), written, progress.resumed)
+
+    async def _batch(
+        self,
+        ctx: Context,
+        user_ids: list[str],
+        token: str,
+        position: int,
+        last: bool,
+        windows: _Windows,
+    ) -> tuple[Counter[str], int]:
+        """Decide and write one batch; returns its counters and the number of messages written."""
+        campaign_id, run_id = ctx.campaign.id, ctx.run_id
+        message_keys = [self._keys.message(message_id(campaign_id, run_id, user)) for user in user_ids]
+        data = await segments.read_users(self._redis, self._keys, user_ids, message_keys=message_keys)
+        fresh = [user for user in data if not user.message_written]
+        outcomes = await asyncio.to_thread(decide, fresh, ctx)
+        counts = count(outcomes)
+        written = [(outcome.user, _message(outcome, ctx)) for outcome in outcomes if outcome.rendered]
+        await self._commit(ctx, written, counts, token, position, last, windows)
+        return counts, len(written)
+
+    async def _commit(
+        self,
+        ctx: Context,
+        written: list[tuple[UserData, Message]],
+        counts: Mapping[str, int],
+        token: str,
+        position: int,
+        last: bool,
+        windows: _Windows,
+    ) -> None:
+        """One MULTI/EXEC, only while this process holds the run's lease (WATCH on it)."""
+        keys, campaign_id, run_id = self._keys, ctx.campaign.id, ctx.run_id
+        lock = keys.campaign_run_lock(campaign_id, run_id)
+        now = ctx.now.timestamp()
+        messages = [message for _, message in written]
+        latest = max((message.due for message in messages), default=now)
+        ttl = math.ceil(self._settings.notifier.message_ttl_days * SECONDS_PER_DAY + max(0.0, latest - now))
+        checkpoint: dict[str, str] = {"position": str(position)}
+        if last:
+            checkpoint.update(status="done", finished=repr(now))
+        with unavailable_as_error("write campaign batch"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(lock)
+                    if await pipe.get(lock) != token:
+                        raise self._lost(campaign_id, run_id)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    stage_messages(pipe, keys, messages, now=now, ttl_seconds=ttl)
+                    for user, message in written:
+                        if not message.control:  # the control group leaves no trace on caps
+                            _stage_records(pipe, keys, user, message, now, windows)
+                    stats.stage_counts(pipe, keys, campaign_id, run_id, counts)
+                    pipe.hset(keys.campaign_run(campaign_id, run_id), mapping=checkpoint)  # type: ignore[arg-type]
+                    pipe.pexpire(lock, self._lease_ms())
+                    await pipe.execute()
+                except WatchError as exc:
+                    raise self._lost(campaign_id, run_id) from exc
+
+    async def _acquire(self, campaign_id: str, run_id: str) -> str:
+        token = secrets.token_hex(12)
+        lock = self._keys.campaign_run_lock(campaign_id, run_id)
+        with unavailable_as_error("lock campaign run"):
+            if not await self._redis.set(lock, token, nx=True, px=self._lease_ms()):
+                raise RunConflict(
+                    f"run {run_id!r} of campaign {campaign_id!r} is already being executed",
+                    campaign_id=campaign_id,
+                    run_id=run_id,
+                )
+        return token
+
+    async def _release(self, campaign_id: str, run_id: str, token: str) -> None:
+        with unavailable_as_error("unlock campaign run"):
+            await self._redis.eval(_RELEASE, 1, self._keys.campaign_run_lock(campaign_id, run_id), token)
+
+    def _lost(self, campaign_id: str, run_id: str) -> RunConflict:
+        return RunConflict(
+            f"run {run_id!r} of campaign {campaign_id!r} lost its lease to another process",
+            campaign_id=campaign_id,
+            run_id=run_id,
+        )
+
+    def _lease_ms(self) -> int:
+        return math.ceil(self._settings.notifier.run_lock_seconds * 1000)
+
+    async def _start(
+        self,
+        campaign_id: str,
+        run_id: str,
+        users: Sequence[str] | None,
+        trigger_events: Mapping[str, RecentEvent] | None,
+    ) -> _Progress:
+        """Where this execution starts: a resumed run where its last execution stopped, a new
+        population run or a call with its own users from the beginning (recorded for a resume)."""
+        keys = self._keys
+        run_key = keys.campaign_run(campaign_id, run_id)
+        with unavailable_as_error("start campaign run"):
+            stored: dict[str, str] = await self._redis.hgetall(run_key)  # type: ignore[assignment]
+            if users is None and stored:
+                return _Progress(
+                    position=int(stored.get("position", "0")),
+                    users=json.loads(stored["users"]) if "users" in stored else None,
+                    trigger_events=_events_from_json(stored.get("trigger_events", "{}")),
+                    resumed=True,
+                    done=stored.get("status") == "done",
+                )
+            listed = list(dict.fromkeys(users)) if users is not None else None
+            events = dict(trigger_events or {})
+            fields = {"status": "running", "position": "0"}
+            if listed is not None:
+                fields["users"] = json.dumps(listed)
+                fields["trigger_events"] = json.dumps({user: asdict(event) for user, event in events.items()})
+            started = self._clock().timestamp()
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(run_key, mapping=fields)  # type: ignore[arg-type]
+                pipe.hsetnx(run_key, "started", repr(started))
+                pipe.zadd(keys.campaign_runs(campaign_id), {run_id: started}, nx=True)
+                await pipe.execute()
+        return _Progress(0, listed, events, resumed=False, done=False)
+
+    async def _batches(self, progress: _Progress) -> AsyncIterator[tuple[int, bool, list[str]]]:
+        """(position after the batch, whether it is the last, its users) from the stored position."""
+        size = self._settings.notifier.batch_size
+        if progress.users is not None:
+            users = progress.users
+            start = progress.position
+            if start >= len(users):
+                yield len(users), True, []
+            for offset in range(start, len(users), size):
+                end = min(offset + size, len(users))
+                yield end, end == len(users), users[offset:end]
+            return
+        async for cursor, page in segments.scan_population(self._redis, self._keys, size, progress.position):
+            yield cursor, cursor == 0, page
+
+    # --- resuming ---------------------------------------------------------------------------------
+
+    async def unfinished_runs(self) -> list[tuple[str, str]]:
+        """(campaign id, run id) of runs left `running` by a process that no longer holds the lease."""
+        keys = self._keys
+        with unavailable_as_error("find unfinished runs"):
+            campaign_ids = sorted(str(cid) for cid in await self._redis.hkeys(keys.campaigns()))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for campaign_id in campaign_ids:
+                    pipe.zrange(keys.campaign_runs(campaign_id), 0, -1)
+                listed = await pipe.execute()
+            runs = [
+                (cid, str(run)) for cid, run_ids in zip(campaign_ids, listed, strict=True) for run in run_ids
+            ]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for campaign_id, run_id in runs:
+                    pipe.hget(keys.campaign_run(campaign_id, run_id), "status")
+                    pipe.exists(keys.campaign_run_lock(campaign_id, run_id))
+                found = await pipe.execute()
+        return [
+            run
+            for run, status, locked in zip(runs, found[::2], found[1::2], strict=True)
+            if status == "running" and not locked
+        ]
+
+    # --- preview and audience -----------------------------------------------------------------
+
+    async def preview(
+        self,
+        campaign: Campaign,
+        user_id: str,
+        *,
+        run_id: str = PREVIEW_RUN,
+        trigger_event: RecentEvent | None = None,
+    ) -> Preview:
+        """What `user_id` would get from a run `run_id` now, and why; writes nothing."""
+        loaded = self._loaded()
+        events = {user_id: trigger_event} if trigger_event is not None else {}
+        ctx = await self._context(campaign, run_id, loaded, events)
+        data = await segments.read_users(self._redis, self._keys, [user_id])
+        [outcome] = await asyncio.to_thread(decide, data, ctx)
+        return _preview(outcome, ctx)
+
+    async def audience(self, segment: Segment, campaign_id: str = "preview") -> Audience:
+        """How many users `segment` reaches now: exact up to `EXACT_AUDIENCE_MAX` profiles, else
+        estimated from a random sample of `AUDIENCE_SAMPLE` (`estimated: true`)."""
+        keys, size = self._keys, self._settings.notifier.batch_size
+        with unavailable_as_error("audience"):
+            population = int(await self._redis.scard(keys.profiles()))
+        behaviour = await self.behaviour_of(segment)
+        tally: Counter[str] = Counter()
+        estimated = population > EXACT_AUDIENCE_MAX
+        if estimated:
+            with unavailable_as_error("sample population"):
+                drawn = [str(u) for u in await self._redis.srandmember(keys.profiles(), AUDIENCE_SAMPLE)]  # type: ignore[union-attr]
+            pages = [drawn[start : start + size] for start in range(0, len(drawn), size)]
+            for page in pages:
+                tally.update(await self._tally(segment, campaign_id, page, behaviour))
+        else:
+            seen: set[str] = set()
+            async for _, page in segments.scan_population(self._redis, keys, size):
+                fresh = [user for user in dict.fromkeys(page) if user not in seen]
+                seen.update(fresh)
+                tally.update(await self._tally(segment, campaign_id, fresh, behaviour))
+        examined = tally["examined"]
+        scale = population / examined if estimated and examined else 1.0
+        share = segment.sample_percent / 100.0
+
+        def scaled(name: str, factor: float = 1.0) -> int:
+            return round(tally[name] * scale * factor)
+
+        return Audience(
+            population=population,
+            examined=examined,
+            matching=scaled("matching"),
+            with_consent=scaled("with_consent"),
+            with_device=scaled("with_device"),
+            reachable=scaled("reachable"),
+            sampled=scaled("matching", share),
+            control=scaled("control", share),
+            estimated=estimated,
+        )
+
+    async def _tally(
+        self, segment: Segment, campaign_id: str, user_ids: list[str], behaviour: Behaviour
+    ) -> Counter[str]:
+        data = await segments.read_users(self._redis, self._keys, user_ids)
+        return await asyncio.to_thread(tally_users, segment, campaign_id, data, behaviour)
+
+    async def behaviour_of(self, segment: Segment) -> Behaviour:
+        """Behaviour inputs for a segment; a category predicate needs the model's catalog."""
+        loaded = self._models.loaded
+        if loaded is None:
+            if segment.purchased_in_category is not None:
+                raise self._no_model()
+            return behaviour_of(self._clock(), self._purchase_type(), None)
+        await self._catalogs.refresh(self._store)
+        return behaviour_of(self._clock(), self._purchase_type(), self._catalogs.catalog(loaded.engine))
+
+    # --- shared set-up ----------------------------------------------------------------------------
+
+    def _loaded(self) -> LoadedModel:
+        loaded = self._models.loaded
+        if loaded is None:
+            raise self._no_model()
+        return loaded
+
+    def _no_model(self) -> ModelNotLoaded:
+        return ModelNotLoaded(
+            "no recommendation model is loaded: train and promote one (`recsvc models promote`)"
+        )
+
+    def _purchase_type(self) -> str:
+        return self._settings.notifier.tracking.conversion_event_type
+
+    async def _context(
+        self,
+        campaign: Campaign,
+        run_id: str,
+        loaded: LoadedModel,
+        trigger_events: Mapping[str, RecentEvent],
+    ) -> Context:
+        await self._catalogs.refresh(self._store)
+        content = campaign.content
+        trending = await self._store.trending(content.items + TRENDING_MARGIN, content.category)
+        return Context(
+            campaign=campaign,
+            run_id=run_id,
+            rules=campaign.effective_rules(self._settings.notifier.rules),
+            now=self._clock(),
+            purchase_type=self._purchase_type(),
+            default_zone=self._settings.notifier.default_timezone,
+            loaded=loaded,
+            catalog=self._catalogs.catalog(loaded.engine),
+            trending=trending,
+            content=self._templates.compile(content),
+            trigger_events=trigger_events,
+        )
+
+    async def _windows(self, campaign: Campaign) -> _Windows:
+        """How long push records and pushed items are kept, for every campaign's rules."""
+        defaults = self._settings.notifier.rules
+        stored = await self._campaigns.list()
+        effective = [
+            campaign.effective_rules(defaults),
+            *(other.effective_rules(defaults) for other in stored),
+        ]
+        return _Windows(
+            pushes=rules.record_window_seconds(effective),
+            items=rules.item_window_seconds(effective, self._settings.notifier.tracking),
+        )
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Seconds push records (`pushes`) and pushed items (`items`) are kept after they fall due."""
+
+    pushes: float
+    items: float
+
+
+def _stage_records(
+    pipe: Any, keys: Keys, user: UserData, message: Message, now: float, windows: _Windows
+) -> None:
+    """Queue the push record (caps, gaps) and pushed items (no-repeat, attribution) of a message.
+
+    Records older than their window are trimmed; each key expires a window after its latest due
+    time (read with the batch, so a later push of another campaign keeps its TTL).
+    """
+    pushes = keys.user_pushes(user.user_id)
+    pipe.zadd(pushes, {rules.push_member(message.campaign_id, message.run_id): message.due})
+    if any(record.due < now - windows.pushes for record in user.pushes):
+        pipe.zremrangebyscore(pushes, "-inf", f"({now - windows.pushes!r}")
+    latest = max([message.due, *(record.due for record in user.pushes)])
+    pipe.expire(pushes, max(1, math.ceil(latest - now + windows.pushes)))
+    items = keys.user_pushed_items(user.user_id)
+    stale = [item for item, pushed in user.pushed_items.items() if pushed.due < now - windows.items]
+    if stale:
+        pipe.hdel(items, *stale)
+    record = json.dumps({"m": message.message_id, "t": message.due}, separators=(",", ":"))
+    pipe.hset(items, mapping=dict.fromkeys(message.items, record))
+    kept = [pushed.due for item, pushed in user.pushed_items.items() if item not in stale]
+    pipe.expire(items, max(1, math.ceil(max([message.due, *kept]) - now + windows.items)))
+
+
+def _message(outcome: Outcome, ctx: Context) -> Message:
+    rendered, timing = outcome.rendered, outcome.timing
+    assert rendered is not None and timing is not None  # only rendered outcomes become messages
+    user_id = outcome.user.user_id
+    return Message(
+        message_id=message_id(ctx.campaign.id, ctx.run_id, user_id),
+        campaign_id=ctx.campaign.id,
+        run_id=ctx.run_id,
+        user_id=user_id,
+        title=rendered.title,
+        body=rendered.body,
+        deep_link=rendered.deep_link,
+        items=tuple(item.item_id for item in outcome.items),
+        due=timing.due.timestamp(),
+        control=outcome.group == "control",
+    )
+
+
+def _preview(outcome: Outcome, ctx: Context) -> Preview:
+    timing, rendered = outcome.timing, outcome.rendered
+    zone = rules.user_zone((outcome.user.profile or {}).get("timezone"), ctx.default_zone)
+    return Preview(
+        campaign_id=ctx.campaign.id,
+        user_id=outcome.user.user_id,
+        group=outcome.group,
+        checks=outcome.checks,
+        reason=outcome.reason,
+        scheduled=timing.scheduled.isoformat() if timing else None,
+        due=timing.due.astimezone(UTC).isoformat() if timing else None,
+        due_local=timing.due.astimezone(zone).isoformat() if timing else None,
+        deferred=bool(timing and timing.deferred),
+        title=rendered.title if rendered else None,
+        body=rendered.body if rendered else None,
+        deep_link=rendered.deep_link if rendered else None,
+        items=outcome.items,
+        strategy=outcome.strategy,
+        model_version=ctx.loaded.version,
+    )
+
+
+def _events_from_json(document: str) -> dict[str, RecentEvent]:
+    return {user: RecentEvent(**fields) for user, fields in json.loads(document).items()}
