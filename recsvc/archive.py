@@ -3,10 +3,13 @@
 Each batch of the stream becomes one Parquet file named by the first and last stream id it covers
 (`stream-<first>-<last>.parquet`), written aside and renamed into place. Only then does the
 high-water mark in Redis (the last archived id) move to the batch's end, and only up to the mark
-is the stream trimmed. A crash between any two of these steps is repaired by the next run: a
-file beyond the mark means the mark was not advanced yet (the run advances it from the file
-names), and entries up to the mark still in the stream are trimmed. No event is written twice
-and none is trimmed before its file is on disk. One run at a time holds a lease in Redis.
+is the stream trimmed, never past an entry the notifier's consumer group (`NOTIFIER_EVENTS_GROUP`:
+triggers and conversions) has not finished: one not yet delivered to it, or delivered and not yet
+acknowledged (while the notifier is stopped the stream keeps growing, by design). A crash
+between any two of these steps is repaired by the next run: a file beyond the mark means the
+mark was not advanced yet (the run advances it from the file names), and entries up to the mark
+still in the stream are trimmed. No event is written twice and none is trimmed before its file
+is on disk. One run at a time holds a lease in Redis.
 
 Events of forgotten users are left out. Files archived before a user was forgotten still hold
 their events: readers of the archive drop them with `forgotten_users`.
@@ -30,7 +33,7 @@ from redis.lock import Lock
 
 from recsvc.config import Settings
 from recsvc.errors import InputError, RecsvcError
-from recsvc.keys import ARCHIVE_LOCK_TTL_SECONDS, Keys
+from recsvc.keys import ARCHIVE_LOCK_TTL_SECONDS, NOTIFIER_EVENTS_GROUP, Keys
 from recsvc.redis_conn import connect_sync, text, unavailable_as_error
 from recsvc.schema import EVENT_SCHEMA
 
@@ -157,8 +160,34 @@ def _reconcile(client: redis.Redis, keys: Keys, folder: Path) -> str | None:
 
 
 def _trim(client: redis.Redis, keys: Keys, mark: str) -> None:
-    """Drop stream entries up to and including the mark (XTRIM MINID keeps ids >= its argument)."""
-    client.xtrim(keys.events(), minid=_format(_successor(_parse(mark))), approximate=False)
+    """Drop stream entries up to and including the mark (XTRIM MINID keeps ids >= its argument),
+    keeping every entry the notifier's group may still need."""
+    keep_from = _successor(_parse(mark))
+    needed = _notifier_needs_from(client, keys)
+    if needed is not None:
+        keep_from = min(keep_from, needed)
+    client.xtrim(keys.events(), minid=_format(keep_from), approximate=False)
+
+
+def _notifier_needs_from(client: redis.Redis, keys: Keys) -> StreamId | None:
+    """The first stream id the notifier's consumer group has not finished; None without the group.
+
+    That is its oldest pending (delivered, unacknowledged) entry, else the successor of its last
+    delivered id. The group only moves forward, so a value read before trimming stays safe.
+    """
+    try:
+        groups: list[dict[str, Any]] = client.xinfo_groups(keys.events())
+    except redis.ResponseError:  # no stream (yet), so no group
+        return None
+    group = next((found for found in groups if text(found["name"]) == NOTIFIER_EVENTS_GROUP), None)
+    if group is None:
+        return None
+    needed = _successor(_parse(text(group["last-delivered-id"])))
+    if int(group["pending"]):
+        pending: dict[str, Any] = client.xpending(keys.events(), NOTIFIER_EVENTS_GROUP)
+        if pending.get("min") is not None:
+            needed = min(needed, _parse(text(pending["min"])))
+    return needed
 
 
 def _events_table(client: redis.Redis, keys: Keys, entries: Any) -> tuple[pa.Table, int]:

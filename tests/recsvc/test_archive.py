@@ -14,7 +14,7 @@ import redis
 from recsvc.archive import ARCHIVE_FILE, ArchiveBusy, archive_events, forgotten_users
 from recsvc.cli import main
 from recsvc.config import Settings
-from recsvc.keys import Keys
+from recsvc.keys import NOTIFIER_EVENTS_GROUP, Keys
 from recsvc.redis_conn import connect_async
 from recsvc.schema import EVENT_SCHEMA
 from recsvc.state import Event, Store
@@ -236,3 +236,45 @@ def test_parquet_values_keep_full_precision(
     record(redis_settings, [Event("u", "i", "rate", START, value)])
     archive_events(redis_client, redis_settings, folder)
     assert archived_rows(folder)[0][4] == value
+
+
+def test_the_trim_keeps_what_the_notifier_group_has_not_finished(
+    redis_settings: Settings, redis_client: redis.Redis, folder: Path
+) -> None:
+    keys = Keys(redis_settings.redis.prefix)
+    stream, group = keys.events(), NOTIFIER_EVENTS_GROUP
+    redis_client.xgroup_create(stream, group, id="0", mkstream=True)
+    ids = record(redis_settings, make_events(10))
+
+    def kept() -> list[str]:
+        return [entry_id for entry_id, _ in redis_client.xrange(stream)]
+
+    assert archive_events(redis_client, redis_settings, folder).archived == 10
+    assert kept() == ids  # archived, but the group has not read any of them
+
+    redis_client.xreadgroup(group, "c", {stream: ">"}, count=4)
+    redis_client.xack(stream, group, ids[0], ids[2], ids[3])  # ids[1] stays pending
+    archive_events(redis_client, redis_settings, folder)
+    assert kept() == ids[1:]
+
+    redis_client.xack(stream, group, ids[1])
+    archive_events(redis_client, redis_settings, folder)
+    assert kept() == ids[4:]  # delivered and acknowledged up to ids[3]; the rest is unread
+
+    redis_client.xreadgroup(group, "c", {stream: ">"})
+    redis_client.xack(stream, group, *ids[4:])
+    archive_events(redis_client, redis_settings, folder)
+    assert kept() == []
+    assert archived_rows(folder) == as_rows(make_events(10))  # each event archived exactly once
+
+
+def test_without_the_notifier_group_the_trim_follows_the_archive_alone(
+    redis_settings: Settings, redis_client: redis.Redis, folder: Path
+) -> None:
+    keys = Keys(redis_settings.redis.prefix)
+    redis_client.xgroup_create(keys.events(), "someone-else", id="0", mkstream=True)
+    record(redis_settings, make_events(3))
+
+    archive_events(redis_client, redis_settings, folder)
+
+    assert redis_client.xlen(keys.events()) == 0
