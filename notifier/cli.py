@@ -10,6 +10,8 @@ import asyncio
 import json
 import tomllib
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,21 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from notifier.campaign import CampaignSpec
+from notifier.runner import CampaignRunner
 from notifier.stats import campaign_stats
 from notifier.store import CampaignStore
+from notifier.worker import run_worker
 from recsvc.cli import print_json
 from recsvc.config import Settings
+from recsvc.current_model import ModelHolder
 from recsvc.errors import InputError
 from recsvc.keys import Keys
 from recsvc.redis_conn import connect_async
+from recsvc.registry import Registry
+from recsvc.state import utc_now
+
+# A campaign run writes thousands of messages per transaction: far beyond the API's Redis timeout.
+COMMAND_REDIS_TIMEOUT_SECONDS = 60.0
 
 Action = Callable[[argparse.Namespace, Settings, aioredis.Redis], Awaitable[Any]]
 
@@ -88,6 +98,30 @@ async def _stats(args: argparse.Namespace, settings: Settings, client: aioredis.
     return await campaign_stats(client, Keys(settings.redis.prefix), args.campaign_id)
 
 
+async def _runner(settings: Settings, client: aioredis.Redis) -> CampaignRunner:
+    """A runner over the registry's current model."""
+    models = ModelHolder(Registry(settings.registry.dir), settings)
+    await models.refresh()
+    return CampaignRunner(client, settings, models)
+
+
+async def _run(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    campaign = await CampaignStore(client, settings).get(args.campaign_id)
+    runner = await _runner(settings, client)
+    summary = await runner.run(campaign, args.run_id or manual_run_id(utc_now()))
+    return asdict(summary)
+
+
+async def _preview(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    campaign = await CampaignStore(client, settings).get(args.campaign_id)
+    return asdict(await (await _runner(settings, client)).preview(campaign, args.user))
+
+
+async def _audience(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    campaign = await CampaignStore(client, settings).get(args.campaign_id)
+    return asdict(await (await _runner(settings, client)).audience(campaign.segment, campaign.id))
+
+
 def _fires(campaign: dict[str, Any]) -> str:
     if campaign.get("trigger"):
         trigger = campaign["trigger"]
@@ -99,12 +133,17 @@ def _fires(campaign: dict[str, Any]) -> str:
     return f"{schedule['kind']} " + " ".join(f"{key}={value}" for key, value in details.items())
 
 
+def manual_run_id(moment: datetime) -> str:
+    """The id of a run started by hand: distinct from the scheduler's minute-based ids."""
+    return "manual-" + moment.strftime("%Y%m%dT%H%M%SZ")
+
+
 def run_action(action: Action) -> Callable[[argparse.Namespace, Settings], int]:
     """A CLI handler that runs `action` with a Redis client and prints its result as JSON."""
 
     def handler(args: argparse.Namespace, settings: Settings) -> int:
         async def main() -> Any:
-            client = connect_async(settings)
+            client = connect_async(settings, timeout=COMMAND_REDIS_TIMEOUT_SECONDS)
             try:
                 return await action(args, settings, client)
             finally:
@@ -141,3 +180,29 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         command = actions.add_parser(name, parents=[parent], help=text)
         command.add_argument("campaign_id")
         command.set_defaults(handler=run_action(action))
+    run = actions.add_parser("run", parents=[parent], help="run a campaign now, in this process")
+    run.add_argument("campaign_id")
+    run.add_argument("--run-id", help="resume or repeat this run (default: a new id from the time)")
+    run.set_defaults(handler=run_action(_run))
+    preview = actions.add_parser(
+        "preview", parents=[parent], help="what one user would get now, and why (writes nothing)"
+    )
+    preview.add_argument("campaign_id")
+    preview.add_argument("--user", required=True, help="the user id")
+    preview.set_defaults(handler=run_action(_preview))
+    audience = actions.add_parser("audience", parents=[parent], help="how many users the segment reaches")
+    audience.add_argument("campaign_id")
+    audience.set_defaults(handler=run_action(_audience))
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    asyncio.run(run_worker(settings, burst=args.burst))
+    return 0
+
+
+def register_worker(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    worker = subparsers.add_parser(
+        "worker", parents=[parent], help="deliver pushes from the outbox (start any number of them)"
+    )
+    worker.add_argument("--burst", action="store_true", help="stop once nothing is due instead of waiting")
+    worker.set_defaults(handler=_worker)

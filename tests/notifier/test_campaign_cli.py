@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
+import redis
 from shop import REPO
 
 from recsvc.cli import main
 from recsvc.config import Settings
+from recsvc.registry import Registry
+from training.profiles import import_profiles
 
 CAMPAIGNS = REPO / "configs" / "campaigns"
 
@@ -58,3 +63,48 @@ def test_a_bad_campaign_file_names_the_file_and_the_field(
     assert main(["campaigns", "create", str(bad)]) != 0
     err = capsys.readouterr().err
     assert str(bad) in err and "content.items" in err
+
+
+def test_run_deliver_preview_and_audience_from_the_command_line(
+    tmp_path: Path,
+    cli_env: Settings,
+    registry: Registry,
+    redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A marketer's whole loop: define, size, preview, run, deliver (log provider), read results."""
+    users = [f"gA-u{n}" for n in range(6)] + [f"gB-u{n}" for n in range(4)]
+    table = pa.table({"user_id": users, "push_consent": [True] * 8 + [False] * 2, "tier": ["gold"] * 10})
+    import_profiles(redis_client, cli_env, table, demo_devices=True)
+    document = {
+        "id": "now",
+        "name": "Right now",
+        "segment": {"push_consent": True},
+        "content": {"title": "{{ item.title }}", "body": "{{ user.tier }}: {{ items | length }} picks"},
+        "rules": {"quiet_start": "00:00", "quiet_end": "00:00"},  # no quiet hours: the real clock runs
+    }
+    path = tmp_path / "now.json"
+    path.write_text(json.dumps(document))
+    run(capsys, "campaigns", "create", str(path))
+
+    assert run(capsys, "campaigns", "audience", "now")[1]["matching"] == 8
+    code, preview = run(capsys, "campaigns", "preview", "now", "--user", "gA-u1")
+    assert code == 0 and preview["group"] == "treatment" and preview["reason"] is None
+    assert preview["items"] and all(item["category"] == "A" for item in preview["items"][:2])
+    assert preview["body"] == "gold: 3 picks"
+
+    code, summary = run(capsys, "campaigns", "run", "now", "--run-id", "first")
+    assert code == 0 and summary["counts"]["sent"] == 8 and summary["messages"] == 8
+
+    with caplog.at_level(logging.INFO, logger="recsvc.push"):
+        assert main(["worker", "--burst"]) == 0
+    pushes = [record for record in caplog.records if record.name == "recsvc.push"]
+    assert sorted(str(record.args[0]) for record in pushes) == sorted(users[:8])  # type: ignore[index]
+
+    code, report = run(capsys, "campaigns", "stats", "now")
+    assert report["total"]["sent"] == report["total"]["delivered"] == 8
+    assert report["runs"][0]["run_id"] == "first"
+
+    # The same run again writes nothing new: each user has one message per run.
+    assert run(capsys, "campaigns", "run", "now", "--run-id", "first")[1]["messages"] == 0
