@@ -8,13 +8,13 @@ Template checks need the Jinja environment and live in `notifier.templates`.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from notifier.crontab import crontab_trigger
 from recsvc.config import ClockTime, PushRules
 
 CAMPAIGN_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -130,7 +130,7 @@ class CronSchedule(Spec):
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         try:
-            CronTrigger.from_crontab(value)
+            crontab_trigger(value, UTC)
         except ValueError as exc:
             raise ValueError(f"invalid cron expression '{value}': {exc}") from exc
         return value

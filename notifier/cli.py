@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from notifier.campaign import CampaignSpec
 from notifier.runner import CampaignRunner
+from notifier.scheduler import run_scheduler
 from notifier.stats import campaign_stats
 from notifier.store import CampaignStore
 from notifier.worker import run_worker
@@ -198,6 +199,20 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(run_worker(settings, burst=args.burst))
     return 0
+
+
+def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    asyncio.run(run_scheduler(settings))
+    return 0
+
+
+def register_scheduler(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    scheduler = subparsers.add_parser(
+        "scheduler",
+        parents=[parent],
+        help="fire campaigns, triggered pushes and housekeeping on schedule (one leads at a time)",
+    )
+    scheduler.set_defaults(handler=_scheduler)
 
 
 def register_worker(subparsers: Any, parent: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from scheduler_support import (
 )
 from shop import NOW, ManualClock
 
+from notifier.crontab import crontab_weekdays
 from notifier.scheduler import (
     ARCHIVE_JOB,
     EVENT_FEED_JOB,
@@ -28,7 +29,6 @@ from notifier.scheduler import (
     RETRAIN_JOB,
     TRIGGERS_JOB,
     CampaignScheduler,
-    crontab_weekdays,
     run_id_at,
     run_scheduler,
 )
