@@ -11,7 +11,9 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from notifier.runner import CampaignRunner
 from notifier.store import CampaignStore
+from notifier.tracking import Tracker
 from recsvc.catalog_cache import CatalogCache
 from recsvc.config import Settings
 from recsvc.current_model import LoadedModel, ModelHolder
@@ -23,9 +25,11 @@ from serving.metrics import Metrics
 from serving.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from serving.openapi import install_openapi
 from serving.problems import install_problem_handlers
-from serving.routes import campaigns, events, items, models, ops, recommendations, users
+from serving.routes import campaigns, events, items, models, ops, push, recommendations, users
 
 log = logging.getLogger(__name__)
+
+CAMPAIGN_REDIS_TIMEOUT_SECONDS = 30.0
 
 DESCRIPTION = """
 Personalized recommendations for mobile commerce apps, and the admin surface around them.
@@ -39,6 +43,7 @@ TAGS = [
     {"name": "recommendations", "description": "What to show a user: personal, similar, popular."},
     {"name": "events", "description": "What users do; folded into their next recommendations."},
     {"name": "users", "description": "Profiles and push tokens; forgetting a user."},
+    {"name": "push", "description": "Opens and clicks of push messages, reported by the app."},
     {"name": "catalog", "description": "Item changes between trainings (admin)."},
     {"name": "models", "description": "Model versions and promotion (admin)."},
     {
@@ -66,13 +71,23 @@ def create_app(
     metrics = Metrics()
     now = clock or utc_now
     registry = registry or Registry(settings.registry.dir)
+    # Campaign work (audiences, previews) reads many users per call: its own client, with a timeout
+    # meant for that rather than the recommendation path's.
+    campaign_client = (
+        redis if redis is not None else connect_async(settings, timeout=CAMPAIGN_REDIS_TIMEOUT_SECONDS)
+    )
+    holder = ModelHolder(registry, settings, on_swap=lambda model: metrics.served_version(model.version))
     services = Services(
         settings=settings,
         registry=registry,
-        models=ModelHolder(registry, settings, on_swap=lambda model: metrics.served_version(model.version)),
+        models=holder,
         redis=client,
         store=Store(client, settings, clock=now),
         campaigns=CampaignStore(client, settings, clock=now),
+        runner=CampaignRunner(campaign_client, settings, holder, clock=now),
+        tracker=Tracker(
+            client, settings, clock=now, category_of=lambda item_id: services.category_of(item_id)
+        ),
         catalogs=CatalogCache(),
         metrics=metrics,
         clock=now,
@@ -93,6 +108,7 @@ def create_app(
                 await watcher
             if redis is None:
                 await client.aclose()
+                await campaign_client.aclose()
 
     app = FastAPI(
         title="recsvc",
@@ -104,7 +120,7 @@ def create_app(
     app.state.services = services
     install_problem_handlers(app)
     install_openapi(app)
-    for module in (recommendations, events, users, items, models, campaigns, ops):
+    for module in (recommendations, events, users, items, push, models, campaigns, ops):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -16,7 +16,9 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from notifier.runner import CampaignRunner
 from notifier.store import CampaignStore
+from notifier.tracking import Tracker
 from recsvc.catalog_cache import CatalogCache
 from recsvc.config import Role, Settings
 from recsvc.current_model import LoadedModel, ModelHolder
@@ -39,9 +41,17 @@ class Services:
     redis: aioredis.Redis
     store: Store
     campaigns: CampaignStore
+    runner: CampaignRunner
+    tracker: Tracker
     catalogs: CatalogCache
     metrics: Metrics
     clock: Clock
+
+    def category_of(self, item_id: str) -> str | None:
+        """The item's category in the served catalog (None without a model, or if it has none)."""
+        loaded = self.models.loaded
+        info = self.catalogs.catalog(loaded.engine).info(item_id) if loaded is not None else None
+        return info.category if info is not None else None
 
 
 async def get_services(request: Request) -> Services:

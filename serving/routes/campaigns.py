@@ -6,12 +6,13 @@ The campaign logic lives in `notifier`; these routes only translate HTTP to it.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import ConfigDict, Field
 
-from notifier.campaign import Campaign, CampaignSpec
+from notifier.campaign import Campaign, CampaignSpec, Segment
 from notifier.stats import campaign_stats
 from recsvc.keys import Keys
 from serving.deps import AdminKey, Services, ServicesDep
@@ -77,6 +78,19 @@ async def create_campaign(_: AdminKey, body: CampaignCreate, services: ServicesD
 async def list_campaigns(_: AdminKey, services: ServicesDep) -> list[Campaign]:
     with _guarded(services, "list_campaigns"):
         return await services.campaigns.list()
+
+
+@router.post(
+    "/audience",
+    summary="Size a segment before saving a campaign (admin)",
+    responses=problems(*AUTH, 422, 503),
+)
+async def segment_audience(_: AdminKey, body: Segment, services: ServicesDep) -> dict[str, Any]:
+    """How many users the segment matches now, with consent, with a device, both, and the
+    expected sample and control sizes per run; exact up to 100,000 profiles, else estimated from a
+    random sample (`estimated: true`)."""
+    with _guarded(services, "audience"):
+        return asdict(await services.runner.audience(body))
 
 
 @router.get(
@@ -152,3 +166,34 @@ async def get_stats(_: AdminKey, campaign_id: CampaignId, services: ServicesDep)
     with _guarded(services, "campaign_stats"):
         await services.campaigns.get(campaign_id)
         return await campaign_stats(services.redis, Keys(services.settings.redis.prefix), campaign_id)
+
+
+@router.get(
+    "/{campaign_id}/audience",
+    summary="Size a campaign's segment (admin)",
+    responses=problems(*AUTH, 404, 422, 503),
+)
+async def campaign_audience(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> dict[str, Any]:
+    """`POST /v1/campaigns/audience` for a saved campaign's segment and control group."""
+    with _guarded(services, "audience"):
+        campaign = await services.campaigns.get(campaign_id)
+        return asdict(await services.runner.audience(campaign.segment, campaign.id))
+
+
+@router.get(
+    "/{campaign_id}/preview",
+    summary="What one user would get now, and why (admin)",
+    responses=problems(*AUTH, 404, 422, 503),
+)
+async def preview(
+    _: AdminKey,
+    campaign_id: CampaignId,
+    user_id: Annotated[str, Query(min_length=1, examples=["u1001"])],
+    services: ServicesDep,
+) -> dict[str, Any]:
+    """Renders exactly the push a run would write for this user now, writing nothing: their group
+    (treatment, control, not sampled, not in the segment), each segment condition with its result,
+    the suppression reason if any, when it would be sent (after quiet hours), the text and the items."""
+    with _guarded(services, "preview"):
+        campaign = await services.campaigns.get(campaign_id)
+        return asdict(await services.runner.preview(campaign, user_id))

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
-from recsvc.catalog import Catalog
 from recsvc.config import Settings
 from recsvc.state import Event
 from serving.deps import AppKey, ServicesDep, check_id_length
@@ -77,10 +76,8 @@ async def post_events(
         )
     now = services.clock()
     _validate(events, settings, now, batch=batch)
-    loaded = services.models.loaded
-    catalog = services.catalogs.catalog(loaded.engine) if loaded is not None else None
     accepted = [Event(e.user_id, e.item_id, e.type, e.ts or now, e.value) for e in events]
-    categories = [_category(catalog, e.item_id) for e in events]
+    categories = [services.category_of(e.item_id) for e in events]
     with map_redis_errors(
         "record_events", metrics=services.metrics, retry_after=settings.serving.retry_after_seconds
     ):
@@ -138,9 +135,3 @@ def _validate(events: list[EventCreate], settings: Settings, now: datetime, *, b
             )
     if errors:
         raise InvalidRequest(errors)
-
-
-def _category(catalog: Catalog | None, item_id: str) -> str | None:
-    """The item's category for trending (None when no model is loaded or it has none)."""
-    info = catalog.info(item_id) if catalog is not None else None
-    return info.category if info is not None else None

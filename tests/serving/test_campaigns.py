@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from serving_support import Api, assert_problem
 
-from notifier import stats
+from notifier import messages, stats
 from recsvc.keys import Keys
 
 pytestmark = pytest.mark.anyio
@@ -98,3 +99,67 @@ async def test_stats_add_up_runs_and_keep_the_control_group_apart(api: Api) -> N
     assert [run["run_id"] for run in report["runs"]] == list(runs)
     assert [run["sent"] for run in report["runs"]] == [8, 10]
     assert report["runs"][0]["status"] == "done"
+
+
+NOW_CAMPAIGN: dict[str, Any] = {
+    "id": "now",
+    "name": "Right now",
+    "segment": {"push_consent": True},
+    "content": {"title": "{{ item.title }}", "body": "{{ items | length }} picks"},
+    "rules": {"quiet_start": "00:00", "quiet_end": "00:00"},
+}
+PHONE = [{"device_id": "phone", "platform": "android", "token": "t-1"}]
+
+
+async def test_preview_and_audience_show_what_a_run_would_do(api: Api) -> None:
+    for user in ("gA-u1", "gA-u2", "gB-u1"):
+        profile = {"push_consent": user != "gB-u1", "devices": PHONE}
+        assert (await api.app_client.put(f"/v1/users/{user}", json=profile)).status_code == 200
+    assert (await api.admin.post("/v1/campaigns", json=NOW_CAMPAIGN)).status_code == 201
+
+    preview = (await api.admin.get("/v1/campaigns/now/preview", params={"user_id": "gA-u1"})).json()
+    assert preview["group"] == "treatment" and preview["reason"] is None
+    assert preview["title"] == preview["items"][0]["title"] and preview["body"] == "3 picks"
+    assert preview["items"][0]["category"] == "A"
+    outsider = (await api.admin.get("/v1/campaigns/now/preview", params={"user_id": "gB-u1"})).json()
+    assert outsider["group"] == "not_in_segment" and outsider["title"] is None
+
+    audience = (await api.admin.get("/v1/campaigns/now/audience")).json()
+    assert (audience["population"], audience["matching"], audience["reachable"]) == (3, 2, 2)
+    unsaved = await api.admin.post("/v1/campaigns/audience", json={"push_consent": False})
+    assert unsaved.status_code == 200 and unsaved.json()["matching"] == 1
+    assert_problem(await api.admin.get("/v1/campaigns/now/preview"), 422)
+
+
+async def test_opens_and_clicks_count_once_and_become_events(api: Api) -> None:
+    assert (
+        await api.app_client.put("/v1/users/gA-u1", json={"push_consent": True, "devices": PHONE})
+    ).is_success
+    await api.admin.post("/v1/campaigns", json=NOW_CAMPAIGN)
+    services = api.app.state.services
+    campaign = await services.campaigns.get("now")
+    assert (await services.runner.run(campaign, "r1")).messages == 1
+    message_id = messages.message_id("now", "r1", "gA-u1")
+
+    opened = await api.app_client.post(f"/v1/push/{message_id}/opened")
+    assert opened.status_code == 200 and opened.json()["first"] is True
+    again = await api.app_client.post(f"/v1/push/{message_id}/opened")
+    assert again.json()["first"] is False
+    item = await services.redis.hget(Keys(api.settings.redis.prefix).message(message_id), "items")
+    second_item = json.loads(item)[1]
+    clicked = await api.app_client.post(f"/v1/push/{message_id}/clicked", json={"item_id": second_item})
+    assert clicked.json()["clicked"] is True
+
+    report = (await api.admin.get("/v1/campaigns/now/stats")).json()["total"]
+    assert (report["sent"], report["opened"], report["clicked"]) == (1, 1, 1)
+    state = await services.store.user_state("gA-u1")
+    assert [(event.type, event.item_id) for event in state.recent[:2]] == [
+        ("push_click", second_item),
+        ("push_open", json.loads(item)[0]),
+    ]
+
+    assert_problem(await api.app_client.post(f"/v1/push/{'0' * 24}/opened"), 404)
+    assert_problem(await api.app_client.post("/v1/push/not-an-id/opened"), 422)
+    assert_problem(
+        await api.app_client.post(f"/v1/push/{message_id}/clicked", json={"item_id": "not-pushed"}), 400
+    )
