@@ -18,16 +18,20 @@ install: $(STAMP)
 # EVENTS=path trains on your own event files or dataset folder instead of synthetic data.
 EVENTS ?=
 DATA_DIR := var/data
+# The campaign `make run` creates and runs once, so pushes show up in the worker's log.
+DEMO_CAMPAIGN ?= configs/campaigns/demo.toml
 
 run: $(STAMP)
 ifeq ($(EVENTS),)
 	@test -d $(DATA_DIR)/events || $(BIN)/recsvc data synth --config $(CONFIG) --out $(DATA_DIR)
 	$(BIN)/recsvc train --config $(CONFIG) --events $(DATA_DIR) --promote-if-better
+	$(BIN)/recsvc users import $(DATA_DIR) --demo-devices --config $(CONFIG)
 else
 	$(BIN)/recsvc train --config $(CONFIG) --events $(EVENTS) --promote-if-better
+	@if [ -f "$(EVENTS)/users.parquet" ]; then $(BIN)/recsvc users import "$(EVENTS)" --demo-devices --config $(CONFIG); fi
 endif
 	$(BIN)/recsvc models list --config $(CONFIG)
-	$(BIN)/recsvc serve --config $(CONFIG)
+	$(BIN)/recsvc up --config $(CONFIG) --demo-campaign $(DEMO_CAMPAIGN)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
