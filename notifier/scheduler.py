@@ -533,6 +533,8 @@ async def run_scheduler(settings: Settings, *, stop: asyncio.Event | None = None
     Builds the Redis client, the model holder (kept current by polling the registry) and the
     campaign runner, and runs the scheduler's rounds.
     """
+    # APScheduler logs every job execution at INFO; ours log what matters.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
     loop = asyncio.get_running_loop()
     signals: tuple[signal.Signals, ...] = ()
     if stop is None:

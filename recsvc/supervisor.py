@@ -63,7 +63,7 @@ def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def _demo_campaign(path: Path, config: Path | None) -> None:
+def _demo_campaign(path: Path, config: Path | None) -> str:
     """Create the campaign of `path` (unless it exists) and run it once now."""
     created = subprocess.run(
         _recsvc("campaigns", "create", str(path), config=config), capture_output=True, text=True, check=False
@@ -73,6 +73,7 @@ def _demo_campaign(path: Path, config: Path | None) -> None:
     campaign_id = _file_id(path)
     print(f"running campaign {campaign_id} now (pushes appear below, from the worker's log provider)")
     subprocess.run(_recsvc("campaigns", "run", campaign_id, config=config), check=False)
+    return campaign_id
 
 
 def _file_id(path: Path) -> str:
@@ -102,9 +103,15 @@ def up(settings: Settings, config: Path | None, demo_campaign: Path | None) -> i
     try:
         host, port = settings.serving.host, settings.serving.port
         _wait_until_ready(f"http://{host}:{port}/readyz", processes, time.monotonic() + READY_TIMEOUT_SECONDS)
-        if demo_campaign is not None:
-            _demo_campaign(demo_campaign, config)
         print("recsvc is up: API, scheduler and delivery worker. Ctrl-C stops all of them.", flush=True)
+        if demo_campaign is not None:
+            campaign_id = _demo_campaign(demo_campaign, config)
+            admin = next((key for key, role in settings.serving.api_keys.items() if role == "admin"), "<key>")
+            print(
+                f"campaign results: curl -H 'X-API-Key: {admin}' "
+                f"http://{host}:{port}/v1/campaigns/{campaign_id}/stats",
+                flush=True,
+            )
         while not stopping:
             exited = [process for process in processes if process.poll() is not None]
             if exited:
