@@ -63,7 +63,7 @@ def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def _demo_campaign(path: Path, config: Path | None) -> str:
+def _demo_campaign(path: Path, config: Path | None, base_url: str) -> None:
     """Create the campaign of `path` (unless it exists) and run it once now."""
     created = subprocess.run(
         _recsvc("campaigns", "create", str(path), config=config), capture_output=True, text=True, check=False
@@ -71,9 +71,15 @@ def _demo_campaign(path: Path, config: Path | None) -> str:
     if created.returncode != 0 and "already exists" not in created.stderr:
         raise RecsvcError(f"could not create the demo campaign: {created.stderr.strip()}")
     campaign_id = _file_id(path)
-    print(f"running campaign {campaign_id} now (pushes appear below, from the worker's log provider)")
+    print(
+        f"campaign results: curl -H 'X-API-Key: <admin key>' {base_url}/v1/campaigns/{campaign_id}/stats",
+        flush=True,
+    )
+    print(
+        f"running campaign {campaign_id} now (pushes appear below, from the worker's log provider)",
+        flush=True,
+    )
     subprocess.run(_recsvc("campaigns", "run", campaign_id, config=config), check=False)
-    return campaign_id
 
 
 def _file_id(path: Path) -> str:
@@ -101,17 +107,11 @@ def up(settings: Settings, config: Path | None, demo_campaign: Path | None) -> i
 
     previous = signal.signal(signal.SIGTERM, request_stop)
     try:
-        host, port = settings.serving.host, settings.serving.port
-        _wait_until_ready(f"http://{host}:{port}/readyz", processes, time.monotonic() + READY_TIMEOUT_SECONDS)
+        base_url = f"http://{settings.serving.host}:{settings.serving.port}"
+        _wait_until_ready(f"{base_url}/readyz", processes, time.monotonic() + READY_TIMEOUT_SECONDS)
         print("recsvc is up: API, scheduler and delivery worker. Ctrl-C stops all of them.", flush=True)
         if demo_campaign is not None:
-            campaign_id = _demo_campaign(demo_campaign, config)
-            admin = next((key for key, role in settings.serving.api_keys.items() if role == "admin"), "<key>")
-            print(
-                f"campaign results: curl -H 'X-API-Key: {admin}' "
-                f"http://{host}:{port}/v1/campaigns/{campaign_id}/stats",
-                flush=True,
-            )
+            _demo_campaign(demo_campaign, config, base_url)
         while not stopping:
             exited = [process for process in processes if process.poll() is not None]
             if exited:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from shop import NOW, ManualClock, base_settings
 
 from recsvc.config import Settings, load_settings
 from recsvc.redis_conn import REDIS_URL_ENV, connect_sync, start_embedded, stop_embedded
@@ -82,3 +83,23 @@ def redis_client(redis_settings: Settings) -> Iterator[redis.Redis]:
     client = connect_sync(redis_settings)
     yield client
     client.close()
+
+
+# --- the planted shop (see `shop`), for the API and notifier suites -------------------------------
+
+
+@pytest.fixture
+def shop_settings(redis_settings: Settings) -> Settings:
+    """The planted shop's model settings and test keys over the run's Redis and this test's folders."""
+    base = base_settings()
+    return redis_settings.model_copy(update={"serving": base.serving, "training": base.training})
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis.asyncio runs on asyncio only
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NOW)

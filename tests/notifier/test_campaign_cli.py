@@ -21,10 +21,10 @@ CAMPAIGNS = REPO / "configs" / "campaigns"
 
 
 @pytest.fixture
-def cli_env(notifier_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("RECSVC_REDIS__URL", notifier_settings.redis.url)
-    monkeypatch.setenv("RECSVC_REDIS__PREFIX", notifier_settings.redis.prefix)
-    return notifier_settings
+def cli_env(shop_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("RECSVC_REDIS__URL", shop_settings.redis.url)
+    monkeypatch.setenv("RECSVC_REDIS__PREFIX", shop_settings.redis.prefix)
+    return shop_settings
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:

@@ -30,8 +30,8 @@ def spec(**changes: Any) -> CampaignSpec:
 
 
 @pytest.fixture
-def campaigns(aredis: Any, notifier_settings: Settings, clock: ManualClock) -> CampaignStore:
-    return CampaignStore(aredis, notifier_settings, clock=clock)
+def campaigns(aredis: Any, shop_settings: Settings, clock: ManualClock) -> CampaignStore:
+    return CampaignStore(aredis, shop_settings, clock=clock)
 
 
 @pytest.mark.parametrize(
@@ -89,16 +89,16 @@ async def test_an_id_cannot_be_taken_twice(campaigns: CampaignStore) -> None:
 
 
 async def test_deleting_a_campaign_removes_its_runs_and_statistics(
-    campaigns: CampaignStore, aredis: Any, notifier_settings: Settings
+    campaigns: CampaignStore, aredis: Any, shop_settings: Settings
 ) -> None:
-    keys = Keys(notifier_settings.redis.prefix)
+    keys = Keys(shop_settings.redis.prefix)
     await campaigns.create(spec(), campaign_id="weekly")
     await aredis.zadd(keys.campaign_runs("weekly"), {"20240201T1000Z": 1.0})
     await aredis.hset(keys.campaign_run("weekly", "20240201T1000Z"), "status", "done")
     await aredis.hset(keys.campaign_stats("weekly", "20240201T1000Z"), "sent", 3)
     await aredis.hset(keys.campaign_stats("weekly"), "sent", 3)
     await campaigns.delete("weekly")
-    assert await aredis.keys(f"{notifier_settings.redis.prefix}:campaign:weekly:*") == []
+    assert await aredis.keys(f"{shop_settings.redis.prefix}:campaign:weekly:*") == []
 
 
 @pytest.mark.parametrize(
@@ -146,9 +146,9 @@ async def test_a_trigger_must_name_configured_event_types(campaigns: CampaignSto
     assert (await campaigns.create(spec(schedule=None, trigger=trigger))).trigger is not None
 
 
-def test_rules_override_only_what_a_campaign_sets(notifier_settings: Settings) -> None:
+def test_rules_override_only_what_a_campaign_sets(shop_settings: Settings) -> None:
     campaign_spec = spec(rules={"max_per_day": 1, "quiet_start": "22:30"})
-    rules = campaign_spec.effective_rules(notifier_settings.notifier.rules)
-    defaults = notifier_settings.notifier.rules
+    rules = campaign_spec.effective_rules(shop_settings.notifier.rules)
+    defaults = shop_settings.notifier.rules
     assert (rules.max_per_day, rules.quiet_start) == (1, "22:30")
     assert (rules.max_per_week, rules.quiet_end) == (defaults.max_per_week, defaults.quiet_end)

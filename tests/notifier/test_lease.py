@@ -16,8 +16,8 @@ TTL = 30.0
 
 
 @pytest.fixture
-def key(notifier_settings: Settings) -> str:
-    return Keys(notifier_settings.redis.prefix).scheduler_lease()
+def key(shop_settings: Settings) -> str:
+    return Keys(shop_settings.redis.prefix).scheduler_lease()
 
 
 async def test_one_owner_at_a_time(aredis: aioredis.Redis, key: str) -> None:

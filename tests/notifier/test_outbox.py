@@ -20,8 +20,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def keys(notifier_settings: Settings) -> Keys:
-    return Keys(notifier_settings.redis.prefix)
+def keys(shop_settings: Settings) -> Keys:
+    return Keys(shop_settings.redis.prefix)
 
 
 async def outbox_ids(redis: aioredis.Redis, keys: Keys) -> list[str]:
@@ -29,10 +29,10 @@ async def outbox_ids(redis: aioredis.Redis, keys: Keys) -> list[str]:
 
 
 async def test_move_due_moves_only_due_messages_and_each_once(
-    aredis: aioredis.Redis, notifier_settings: Settings, keys: Keys
+    aredis: aioredis.Redis, shop_settings: Settings, keys: Keys
 ) -> None:
-    soon = await queue_message(aredis, notifier_settings, "u1", now=NOW, due=NOW + timedelta(minutes=1))
-    later = await queue_message(aredis, notifier_settings, "u2", now=NOW, due=NOW + timedelta(hours=1))
+    soon = await queue_message(aredis, shop_settings, "u1", now=NOW, due=NOW + timedelta(minutes=1))
+    later = await queue_message(aredis, shop_settings, "u2", now=NOW, due=NOW + timedelta(hours=1))
 
     assert await outbox.move_due(aredis, keys, NOW.timestamp()) == 0
     moved = await outbox.move_due(aredis, keys, (NOW + timedelta(minutes=1)).timestamp())
@@ -44,10 +44,10 @@ async def test_move_due_moves_only_due_messages_and_each_once(
 
 
 async def test_move_due_respects_the_limit(
-    aredis: aioredis.Redis, notifier_settings: Settings, keys: Keys
+    aredis: aioredis.Redis, shop_settings: Settings, keys: Keys
 ) -> None:
     for n in range(5):
-        await queue_message(aredis, notifier_settings, f"u{n}", now=NOW, due=NOW + timedelta(seconds=n + 1))
+        await queue_message(aredis, shop_settings, f"u{n}", now=NOW, due=NOW + timedelta(seconds=n + 1))
 
     assert await outbox.move_due(aredis, keys, NOW.timestamp() + 60, limit=3) == 3
     assert await aredis.xlen(keys.outbox()) == 3
@@ -56,9 +56,9 @@ async def test_move_due_respects_the_limit(
 
 
 async def test_group_delivers_entries_added_before_it_existed_to_one_consumer(
-    aredis: aioredis.Redis, notifier_settings: Settings, keys: Keys
+    aredis: aioredis.Redis, shop_settings: Settings, keys: Keys
 ) -> None:
-    early = await queue_message(aredis, notifier_settings, "u1", now=NOW)
+    early = await queue_message(aredis, shop_settings, "u1", now=NOW)
     await outbox.ensure_group(aredis, keys)
     await outbox.ensure_group(aredis, keys)  # a second worker starting: no error
 
@@ -70,11 +70,11 @@ async def test_group_delivers_entries_added_before_it_existed_to_one_consumer(
 
 
 async def test_reclaim_takes_over_only_entries_idle_long_enough(
-    aredis: aioredis.Redis, notifier_settings: Settings, keys: Keys
+    aredis: aioredis.Redis, shop_settings: Settings, keys: Keys
 ) -> None:
     await outbox.ensure_group(aredis, keys)
-    stale = await queue_message(aredis, notifier_settings, "u1", now=NOW)
-    fresh = await queue_message(aredis, notifier_settings, "u2", now=NOW)
+    stale = await queue_message(aredis, shop_settings, "u1", now=NOW)
+    fresh = await queue_message(aredis, shop_settings, "u2", now=NOW)
     taken = await outbox.read_new(aredis, keys, "dead", count=10, block_seconds=None)
     stale_entry = next(entry for entry in taken if entry.message_id == stale.message_id)
     # The dead worker took both; one of them long ago (XCLAIM ... IDLE sets the idle time).
@@ -92,10 +92,10 @@ async def test_reclaim_takes_over_only_entries_idle_long_enough(
 
 
 async def test_finish_acknowledges_and_deletes_the_entry(
-    aredis: aioredis.Redis, notifier_settings: Settings, keys: Keys
+    aredis: aioredis.Redis, shop_settings: Settings, keys: Keys
 ) -> None:
     await outbox.ensure_group(aredis, keys)
-    await queue_message(aredis, notifier_settings, "u1", now=NOW)
+    await queue_message(aredis, shop_settings, "u1", now=NOW)
     (entry,) = await outbox.read_new(aredis, keys, "w1", count=10, block_seconds=None)
 
     async with aredis.pipeline(transaction=True) as pipe:
@@ -107,10 +107,10 @@ async def test_finish_acknowledges_and_deletes_the_entry(
 
 
 def test_backoff_doubles_up_to_the_cap_unless_the_provider_asks_for_longer(
-    notifier_settings: Settings,
+    shop_settings: Settings,
 ) -> None:
     delivery = with_delivery(
-        notifier_settings, backoff_base_seconds=30.0, backoff_max_seconds=200.0
+        shop_settings, backoff_base_seconds=30.0, backoff_max_seconds=200.0
     ).notifier.delivery
 
     assert [outbox.backoff_seconds(delivery, attempt) for attempt in (1, 2, 3, 4, 5, 80)] == [
@@ -127,9 +127,9 @@ def test_backoff_doubles_up_to_the_cap_unless_the_provider_asks_for_longer(
 
 
 async def test_dead_letter_records_the_message_and_its_last_error(
-    aredis: aioredis.Redis, notifier_settings: Settings, keys: Keys
+    aredis: aioredis.Redis, shop_settings: Settings, keys: Keys
 ) -> None:
-    message = await queue_message(aredis, notifier_settings, "u1", now=NOW)
+    message = await queue_message(aredis, shop_settings, "u1", now=NOW)
 
     async with aredis.pipeline(transaction=True) as pipe:
         outbox.stage_dead_letter(pipe, keys, message, attempts=5, error="d0: 503")

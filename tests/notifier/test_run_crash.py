@@ -88,9 +88,9 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 async def test_a_killed_run_resumed_sends_each_user_exactly_once(
-    aredis: aioredis.Redis, store: Store, notifier_settings: Settings, models: ModelHolder
+    aredis: aioredis.Redis, store: Store, shop_settings: Settings, models: ModelHolder
 ) -> None:
-    keys = Keys(notifier_settings.redis.prefix)
+    keys = Keys(shop_settings.redis.prefix)
     await put_profiles(
         store,
         {
@@ -103,7 +103,7 @@ async def test_a_killed_run_resumed_sends_each_user_exactly_once(
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, crash.model_dump_json(), NOW.isoformat(), str(STOP_AT), RUN],
         cwd=REPO,
-        env=child_env(notifier_settings),
+        env=child_env(shop_settings),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -122,7 +122,7 @@ async def test_a_killed_run_resumed_sends_each_user_exactly_once(
     assert 0 < before < len(ELIGIBLE)
     assert await aredis.hget(keys.campaign_run(crash.id, RUN), "status") == "running"
 
-    runner = CampaignRunner(aredis, notifier_settings, models, clock=ManualClock(NOW))
+    runner = CampaignRunner(aredis, shop_settings, models, clock=ManualClock(NOW))
     assert await runner.unfinished_runs() == []  # the dead child's lease has not lapsed yet
     await aredis.delete(keys.campaign_run_lock(crash.id, RUN))  # ... now it has
     assert await runner.unfinished_runs() == [(crash.id, RUN)]

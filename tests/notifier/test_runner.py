@@ -39,14 +39,14 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def runner(
-    aredis: aioredis.Redis, notifier_settings: Settings, models: ModelHolder, clock: ManualClock
+    aredis: aioredis.Redis, shop_settings: Settings, models: ModelHolder, clock: ManualClock
 ) -> CampaignRunner:
-    return CampaignRunner(aredis, notifier_settings, models, clock=clock)
+    return CampaignRunner(aredis, shop_settings, models, clock=clock)
 
 
 @pytest.fixture
-def keys(notifier_settings: Settings) -> Keys:
-    return Keys(notifier_settings.redis.prefix)
+def keys(shop_settings: Settings) -> Keys:
+    return Keys(shop_settings.redis.prefix)
 
 
 def mid(campaign_id: str, run_id: str, user_id: str) -> str:
@@ -153,10 +153,10 @@ async def test_a_paused_campaign_does_not_run(
 
 
 async def test_without_a_model_a_run_fails_clearly(
-    aredis: aioredis.Redis, notifier_settings: Settings, clock: ManualClock, tmp_path: Any
+    aredis: aioredis.Redis, shop_settings: Settings, clock: ManualClock, tmp_path: Any
 ) -> None:
-    empty = ModelHolder(Registry(tmp_path / "no-models"), notifier_settings)
-    runner = CampaignRunner(aredis, notifier_settings, empty, clock=clock)
+    empty = ModelHolder(Registry(tmp_path / "no-models"), shop_settings)
+    runner = CampaignRunner(aredis, shop_settings, empty, clock=clock)
     with pytest.raises(ModelNotLoaded) as raised:
         await runner.run(campaign(), "r1")
     assert raised.value.status == 503 and "no recommendation model" in raised.value.detail
@@ -480,14 +480,14 @@ class StealingClock(ManualClock):
 
 async def test_a_run_that_lost_its_lease_stops_and_is_resumed_later(
     aredis: aioredis.Redis,
-    notifier_settings: Settings,
+    shop_settings: Settings,
     models: ModelHolder,
     store: Store,
     redis_client: redis.Redis,
     keys: Keys,
 ) -> None:
-    settings = notifier_settings.model_copy(
-        update={"notifier": notifier_settings.notifier.model_copy(update={"batch_size": 2})}
+    settings = shop_settings.model_copy(
+        update={"notifier": shop_settings.notifier.model_copy(update={"batch_size": 2})}
     )
     users = [f"gA-u{n}" for n in range(1, 7)]
     await put_profiles(store, dict.fromkeys(users, REACHABLE))

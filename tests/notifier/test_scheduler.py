@@ -52,20 +52,20 @@ def runner() -> RecordingRunner:
 
 
 @pytest.fixture
-def campaigns(aredis: aioredis.Redis, notifier_settings: Settings, clock: ManualClock) -> CampaignStore:
-    return CampaignStore(aredis, notifier_settings, clock=clock)
+def campaigns(aredis: aioredis.Redis, shop_settings: Settings, clock: ManualClock) -> CampaignStore:
+    return CampaignStore(aredis, shop_settings, clock=clock)
 
 
 @pytest.fixture
 async def schedulers(
-    aredis: aioredis.Redis, notifier_settings: Settings, runner: RecordingRunner, clock: ManualClock
+    aredis: aioredis.Redis, shop_settings: Settings, runner: RecordingRunner, clock: ManualClock
 ) -> AsyncIterator[Factory]:
     """Builds schedulers on the test's Redis (jobs stored, never fired by APScheduler); stops them all."""
     made: list[CampaignScheduler] = []
 
     def make(owner: str, settings: Settings | None = None, **options: Any) -> CampaignScheduler:
         options.setdefault("fire_jobs", False)
-        chosen = settings if settings is not None else scheduler_settings(notifier_settings)
+        chosen = settings if settings is not None else scheduler_settings(shop_settings)
         scheduler = CampaignScheduler(aredis, chosen, runner, owner=owner, clock=clock, **options)
         made.append(scheduler)
         return scheduler
@@ -92,7 +92,7 @@ def next_run(scheduler: CampaignScheduler, job_id: str) -> datetime:
 
 
 async def test_only_the_lease_holder_runs_an_apscheduler_with_the_jobs(
-    schedulers: Factory, campaigns: CampaignStore, aredis: aioredis.Redis, notifier_settings: Settings
+    schedulers: Factory, campaigns: CampaignStore, aredis: aioredis.Redis, shop_settings: Settings
 ) -> None:
     await create(campaigns, "weekly", campaign_spec())
     first, second = schedulers("first"), schedulers("second")
@@ -104,7 +104,7 @@ async def test_only_the_lease_holder_runs_an_apscheduler_with_the_jobs(
     assert first.apscheduler is not None and first.apscheduler.running
     assert second.apscheduler is None
     assert job_ids(first) == {"campaign:weekly", *POLLING}
-    stored = await aredis.hkeys(Keys(notifier_settings.redis.prefix).scheduler_jobs())
+    stored = await aredis.hkeys(Keys(shop_settings.redis.prefix).scheduler_jobs())
     assert set(stored) == {"campaign:weekly", *POLLING}
 
 
@@ -242,7 +242,7 @@ async def test_each_kind_of_schedule_becomes_a_job(schedulers: Factory, campaign
 
 
 async def test_a_one_off_campaign_whose_run_started_is_not_scheduled_again(
-    schedulers: Factory, campaigns: CampaignStore, aredis: aioredis.Redis, notifier_settings: Settings
+    schedulers: Factory, campaigns: CampaignStore, aredis: aioredis.Redis, shop_settings: Settings
 ) -> None:
     at = NOW + timedelta(minutes=5)
     await create(campaigns, "once", campaign_spec(schedule={"kind": "once", "at": at.isoformat()}))
@@ -251,7 +251,7 @@ async def test_a_one_off_campaign_whose_run_started_is_not_scheduled_again(
     assert "campaign:once" in job_ids(scheduler)
     assert scheduler.apscheduler is not None
     scheduler.apscheduler.remove_job("campaign:once")  # what APScheduler does once it fired it
-    runs = Keys(notifier_settings.redis.prefix).campaign_runs("once")
+    runs = Keys(shop_settings.redis.prefix).campaign_runs("once")
     await aredis.zadd(runs, {run_id_at(at): at.timestamp()})  # the runner records the run
 
     await scheduler.tick()
@@ -289,13 +289,13 @@ async def test_jobs_survive_a_restart_because_they_live_in_redis(
     campaigns: CampaignStore,
     clock: ManualClock,
     aredis: aioredis.Redis,
-    notifier_settings: Settings,
+    shop_settings: Settings,
 ) -> None:
     await create(campaigns, "weekly", campaign_spec())
     first = schedulers("first")
     await first.tick()
     await first.stop()
-    jobs = Keys(notifier_settings.redis.prefix).scheduler_jobs()
+    jobs = Keys(shop_settings.redis.prefix).scheduler_jobs()
     assert await aredis.hexists(jobs, "campaign:weekly")  # with no scheduler running
 
     clock.now += timedelta(days=3)  # down for days; a rebuilt job would be due on 2024-02-05
@@ -359,9 +359,9 @@ async def test_unfinished_runs_are_run_again(
 
 
 async def test_housekeeping_jobs_follow_the_configuration(
-    schedulers: Factory, notifier_settings: Settings
+    schedulers: Factory, shop_settings: Settings
 ) -> None:
-    configured = scheduler_settings(notifier_settings, archive_cron="*/15 * * * *", retrain_cron="0 3 * * *")
+    configured = scheduler_settings(shop_settings, archive_cron="*/15 * * * *", retrain_cron="0 3 * * *")
     scheduler = schedulers("first", configured)
     await scheduler.tick()
     assert job_ids(scheduler) == {ARCHIVE_JOB, RETRAIN_JOB, *POLLING}
@@ -375,44 +375,40 @@ async def test_housekeeping_jobs_follow_the_configuration(
 
 
 async def test_an_invalid_housekeeping_cron_stops_start_up(
-    schedulers: Factory, notifier_settings: Settings
+    schedulers: Factory, shop_settings: Settings
 ) -> None:
     with pytest.raises(ConfigError, match="archive_cron"):
-        schedulers("first", scheduler_settings(notifier_settings, archive_cron="every day"))
+        schedulers("first", scheduler_settings(shop_settings, archive_cron="every day"))
 
 
 async def test_the_archive_job_moves_events_into_the_data_folder(
-    schedulers: Factory, store: Store, notifier_settings: Settings
+    schedulers: Factory, store: Store, shop_settings: Settings
 ) -> None:
     await store.record_events([Event("u1", "a1", "view", NOW)], [None])
 
     result = await schedulers("first").archive()
 
     assert result is not None and result.archived == 1
-    assert [path.parent for path in result.files] == [notifier_settings.data.dir / "events"]
+    assert [path.parent for path in result.files] == [shop_settings.data.dir / "events"]
 
 
 async def test_the_retrain_job_runs_its_command_as_a_process(
-    schedulers: Factory, notifier_settings: Settings, tmp_path: Path
+    schedulers: Factory, shop_settings: Settings, tmp_path: Path
 ) -> None:
     flag = tmp_path / "trained"
     write = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('done')"
     command = [sys.executable, "-c", write, str(flag)]
 
-    assert (
-        await schedulers("ok", scheduler_settings(notifier_settings, retrain_command=command)).retrain() == 0
-    )
+    assert await schedulers("ok", scheduler_settings(shop_settings, retrain_command=command)).retrain() == 0
     assert flag.read_text() == "done"
 
     failing = [sys.executable, "-c", "raise SystemExit(3)"]
     assert (
-        await schedulers("fails", scheduler_settings(notifier_settings, retrain_command=failing)).retrain()
-        == 3
+        await schedulers("fails", scheduler_settings(shop_settings, retrain_command=failing)).retrain() == 3
     )
     missing = [str(tmp_path / "no-such-program")]
     assert (
-        await schedulers("gone", scheduler_settings(notifier_settings, retrain_command=missing)).retrain()
-        is None
+        await schedulers("gone", scheduler_settings(shop_settings, retrain_command=missing)).retrain() is None
     )
 
 
@@ -420,14 +416,14 @@ async def test_the_retrain_job_runs_its_command_as_a_process(
 
 
 async def test_the_scheduler_process_leads_schedules_and_hands_over_on_stop(
-    registry: Registry, notifier_settings: Settings, campaigns: CampaignStore, aredis: aioredis.Redis
+    registry: Registry, shop_settings: Settings, campaigns: CampaignStore, aredis: aioredis.Redis
 ) -> None:
     await create(campaigns, "weekly", campaign_spec())
     stop = asyncio.Event()
     stop.set()  # one round, then a clean stop
 
-    await run_scheduler(scheduler_settings(notifier_settings), stop=stop)
+    await run_scheduler(scheduler_settings(shop_settings), stop=stop)
 
-    keys = Keys(notifier_settings.redis.prefix)
+    keys = Keys(shop_settings.redis.prefix)
     assert "campaign:weekly" in await aredis.hkeys(keys.scheduler_jobs())
     assert await aredis.get(keys.scheduler_lease()) is None

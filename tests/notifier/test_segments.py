@@ -208,9 +208,9 @@ def test_buckets_are_uniform() -> None:
 
 @pytest.mark.anyio
 async def test_read_users_reads_profile_history_and_push_records(
-    aredis: aioredis.Redis, store: Store, notifier_settings: Settings
+    aredis: aioredis.Redis, store: Store, shop_settings: Settings
 ) -> None:
-    keys = Keys(notifier_settings.redis.prefix)
+    keys = Keys(shop_settings.redis.prefix)
     await store.put_profile("u1", {"attributes": {"tier": "gold"}, "push_consent": True, "devices": DEVICE})
     await record(store, [("u1", "a1", "view", NOW - timedelta(hours=2)), ("u1", "a2", "purchase", NOW)])
     await store.dismiss("u1", "b1")
@@ -232,8 +232,8 @@ async def test_read_users_reads_profile_history_and_push_records(
 
 
 @pytest.mark.anyio
-async def test_scan_population_pages_and_resumes(aredis: aioredis.Redis, notifier_settings: Settings) -> None:
-    keys = Keys(notifier_settings.redis.prefix)
+async def test_scan_population_pages_and_resumes(aredis: aioredis.Redis, shop_settings: Settings) -> None:
+    keys = Keys(shop_settings.redis.prefix)
     users = {f"u{n}" for n in range(1000)}
     await aredis.sadd(keys.profiles(), *users)
     pages = [(cursor, page) async for cursor, page in segments.scan_population(aredis, keys, 100)]

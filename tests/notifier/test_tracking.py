@@ -72,8 +72,8 @@ class Pushes:
 
 
 @pytest.fixture
-async def pushes(aredis: aioredis.Redis, notifier_settings: Settings, store: Store) -> Pushes:
-    pushes = Pushes(aredis, notifier_settings, store)
+async def pushes(aredis: aioredis.Redis, shop_settings: Settings, store: Store) -> Pushes:
+    pushes = Pushes(aredis, shop_settings, store)
     await pushes.feed.ensure_group()
     return pushes
 
@@ -173,9 +173,9 @@ async def test_a_purchase_outside_the_window_after_the_push_does_not_convert(
 
 
 async def test_the_window_is_configured(
-    aredis: aioredis.Redis, notifier_settings: Settings, store: Store
+    aredis: aioredis.Redis, shop_settings: Settings, store: Store
 ) -> None:
-    pushes = Pushes(aredis, tracking_settings(notifier_settings, conversion_window_hours=1.0), store)
+    pushes = Pushes(aredis, tracking_settings(shop_settings, conversion_window_hours=1.0), store)
     await pushes.feed.ensure_group()
     mid = await pushes.push("u1", ["a3"])
 
@@ -219,9 +219,9 @@ async def test_an_expired_message_is_not_recreated_by_a_conversion(pushes: Pushe
 
 
 async def test_a_purchase_converts_the_push_a_real_campaign_run_sent(
-    aredis: aioredis.Redis, notifier_settings: Settings, store: Store, models: ModelHolder, clock: ManualClock
+    aredis: aioredis.Redis, shop_settings: Settings, store: Store, models: ModelHolder, clock: ManualClock
 ) -> None:
-    pushes = Pushes(aredis, notifier_settings, store)
+    pushes = Pushes(aredis, shop_settings, store)
     await pushes.feed.ensure_group()
     device = {"phone": {"token": "tok", "platform": "android"}}
     await store.put_profile("gA-u1", {"push_consent": True, "devices": device, "timezone": "UTC"})
@@ -234,7 +234,7 @@ async def test_a_purchase_converts_the_push_a_real_campaign_run_sent(
             "updated_at": NOW,
         }
     )
-    await CampaignRunner(aredis, notifier_settings, models, clock=clock).run(campaign, "r1")
+    await CampaignRunner(aredis, shop_settings, models, clock=clock).run(campaign, "r1")
     mid = message_id("spring", "r1", "gA-u1")
     pushed = json.loads((await pushes.message(mid))["items"])
 

@@ -67,9 +67,9 @@ def runner() -> RecordingRunner:
 
 @pytest.fixture
 async def shop(
-    aredis: aioredis.Redis, notifier_settings: Settings, store: Store, runner: RecordingRunner
+    aredis: aioredis.Redis, shop_settings: Settings, store: Store, runner: RecordingRunner
 ) -> Shop:
-    shop = Shop(aredis, notifier_settings, store, runner)
+    shop = Shop(aredis, shop_settings, store, runner)
     await shop.feed.ensure_group()
     return shop
 
@@ -103,9 +103,9 @@ async def test_a_cart_arms_a_push_that_fires_once_after_the_delay(
 
 
 async def test_events_from_before_the_notifier_started_arm_nothing(
-    aredis: aioredis.Redis, notifier_settings: Settings, store: Store, runner: RecordingRunner
+    aredis: aioredis.Redis, shop_settings: Settings, store: Store, runner: RecordingRunner
 ) -> None:
-    late = Shop(aredis, notifier_settings, store, runner)
+    late = Shop(aredis, shop_settings, store, runner)
     await create(late.campaigns, "cart", cart_spec())
     await store.record_events([Event("u1", "a3", "add_to_cart", NOW)], [None])
 
@@ -253,10 +253,10 @@ async def test_malformed_stream_entries_are_skipped_and_acknowledged(
 
 
 async def test_abandoned_cart_pushes_lead_with_the_carted_item_in_the_days_run(
-    aredis: aioredis.Redis, notifier_settings: Settings, store: Store, models: ModelHolder, clock: ManualClock
+    aredis: aioredis.Redis, shop_settings: Settings, store: Store, models: ModelHolder, clock: ManualClock
 ) -> None:
-    runner = CampaignRunner(aredis, notifier_settings, models, clock=clock)
-    shop = Shop(aredis, notifier_settings, store, runner)
+    runner = CampaignRunner(aredis, shop_settings, models, clock=clock)
+    shop = Shop(aredis, shop_settings, store, runner)
     await shop.feed.ensure_group()
     for user in ("gA-u1", "gB-u2"):
         await store.put_profile(user, {**REACHABLE, "timezone": "UTC"})

@@ -31,12 +31,12 @@ def free_port() -> int:
 
 
 def test_up_runs_everything_and_the_demo_campaign_is_delivered(
-    notifier_settings: Settings, registry: Registry, redis_client: redis.Redis, tmp_path: Path
+    shop_settings: Settings, registry: Registry, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     users = [f"gA-u{n}" for n in range(5)] + [f"gB-u{n}" for n in range(5)]
     import_profiles(
         redis_client,
-        notifier_settings,
+        shop_settings,
         pa.table({"user_id": users, "push_consent": [True] * 10}),
         demo_devices=True,
     )
@@ -55,8 +55,8 @@ def test_up_runs_everything_and_the_demo_campaign_is_delivered(
     port = free_port()
     env = {
         **os.environ,
-        REDIS_URL_ENV: notifier_settings.redis.url,
-        "RECSVC_REDIS__PREFIX": notifier_settings.redis.prefix,
+        REDIS_URL_ENV: shop_settings.redis.url,
+        "RECSVC_REDIS__PREFIX": shop_settings.redis.prefix,
         "RECSVC_REGISTRY__DIR": str(registry.root),
         "RECSVC_SERVING__PORT": str(port),
         "RECSVC_SERVING__API_KEYS": json.dumps({APP_KEY: "app", ADMIN_KEY: "admin"}),

@@ -54,14 +54,14 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def delivery_settings(notifier_settings: Settings, receiver: WebhookReceiver) -> Settings:
-    configured = with_provider(notifier_settings, "webhook", url=receiver.url, secret=WEBHOOK_SECRET)
+def delivery_settings(shop_settings: Settings, receiver: WebhookReceiver) -> Settings:
+    configured = with_provider(shop_settings, "webhook", url=receiver.url, secret=WEBHOOK_SECRET)
     return with_delivery(configured, max_attempts=3, backoff_base_seconds=30.0, backoff_max_seconds=600.0)
 
 
 @pytest.fixture
-def keys(notifier_settings: Settings) -> Keys:
-    return Keys(notifier_settings.redis.prefix)
+def keys(shop_settings: Settings) -> Keys:
+    return Keys(shop_settings.redis.prefix)
 
 
 @pytest.fixture
@@ -475,16 +475,16 @@ async def test_run_returns_once_stopped_after_finishing_the_batch(
 
 async def test_run_worker_with_the_log_provider(
     aredis: aioredis.Redis,
-    notifier_settings: Settings,
+    shop_settings: Settings,
     store: Store,
     keys: Keys,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     await user(store, "gA-u1", "tok-phone")
-    await queue_message(aredis, notifier_settings, "gA-u1", now=NOW, title="Back in stock")
+    await queue_message(aredis, shop_settings, "gA-u1", now=NOW, title="Back in stock")
 
     with caplog.at_level(logging.INFO):
-        await run_worker(notifier_settings, burst=True)
+        await run_worker(shop_settings, burst=True)
 
     pushes = [record.getMessage() for record in caplog.records if record.name == "recsvc.push"]
     assert len(pushes) == 1 and "gA-u1" in pushes[0] and "'Back in stock'" in pushes[0]

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from serving_support import Api, open_api
-from shop import NOW, ManualClock, Models, base_settings, write_planted_shop
+from shop import ManualClock, Models, base_settings, write_planted_shop
 
 from recsvc.config import Settings
 from recsvc.registry import Registry
@@ -31,25 +31,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # redis.asyncio runs on asyncio only
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(NOW)
-
-
-@pytest.fixture
-def api_settings(redis_settings: Settings) -> Settings:
-    """Test keys and limits over the run's Redis (own key prefix) and this test's folders."""
-    base = base_settings()
-    return redis_settings.model_copy(update={"serving": base.serving, "training": base.training})
-
-
-@pytest.fixture
-def registry(api_settings: Settings) -> Registry:
-    return Registry(api_settings.registry.dir)
+def registry(shop_settings: Settings) -> Registry:
+    return Registry(shop_settings.registry.dir)
 
 
 @pytest.fixture
@@ -66,7 +49,7 @@ def second_version(registry: Registry, models: Models, first_version: str) -> st
 
 @pytest.fixture
 async def api(
-    api_settings: Settings, registry: Registry, clock: ManualClock, first_version: str
+    shop_settings: Settings, registry: Registry, clock: ManualClock, first_version: str
 ) -> AsyncIterator[Api]:
-    async for opened in open_api(api_settings, registry, clock):
+    async for opened in open_api(shop_settings, registry, clock):
         yield opened

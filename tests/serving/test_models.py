@@ -113,10 +113,10 @@ async def test_registry_promotion_is_picked_up_by_polling_under_load(api: Api, s
 
 
 async def test_the_lifespan_watcher_polls_the_registry(
-    api_settings: Settings, registry: Registry, clock: ManualClock, second_version: str
+    shop_settings: Settings, registry: Registry, clock: ManualClock, second_version: str
 ) -> None:
-    fast = api_settings.model_copy(
-        update={"serving": api_settings.serving.model_copy(update={"model_poll_seconds": 0.01})}
+    fast = shop_settings.model_copy(
+        update={"serving": shop_settings.serving.model_copy(update={"model_poll_seconds": 0.01})}
     )
     async for api in open_api(fast, registry, clock):
         assert (await api.anonymous.get("/readyz")).json()["model_version"] == "v000001"
@@ -140,9 +140,9 @@ async def test_a_version_that_fails_to_load_is_not_served(api: Api, second_versi
 
 
 async def test_without_a_promoted_model_recommendations_are_503(
-    api_settings: Settings, registry: Registry, clock: ManualClock
+    shop_settings: Settings, registry: Registry, clock: ManualClock
 ) -> None:
-    async for api in open_api(api_settings, registry, clock):
+    async for api in open_api(shop_settings, registry, clock):
         problem = assert_problem(await api.app_client.get("/v1/users/u1/recommendations"), 503)
         assert "no model promoted yet" in problem["detail"]
         assert problem["type"] == "urn:recsvc:problem:service-unavailable"

@@ -27,7 +27,7 @@ def dead_port() -> int:
 
 @pytest.fixture
 async def down(
-    api_settings: Settings, registry: Registry, clock: ManualClock, first_version: str
+    shop_settings: Settings, registry: Registry, clock: ManualClock, first_version: str
 ) -> AsyncIterator[Api]:
     client = aioredis.Redis.from_url(
         f"redis://127.0.0.1:{dead_port()}/0",
@@ -36,7 +36,7 @@ async def down(
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
     )
-    async for api in open_api(api_settings, registry, clock, redis=client):
+    async for api in open_api(shop_settings, registry, clock, redis=client):
         yield api
 
 
