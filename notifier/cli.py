@@ -11,7 +11,6 @@ import json
 import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from notifier.campaign import CampaignSpec
-from notifier.runner import CampaignRunner
+from notifier.runner import CampaignRunner, manual_run_id
 from notifier.scheduler import run_scheduler
 from notifier.stats import campaign_stats
 from notifier.store import CampaignStore
@@ -132,11 +131,6 @@ def _fires(campaign: dict[str, Any]) -> str:
         return "on demand"
     details = {key: value for key, value in schedule.items() if key != "kind" and value is not None}
     return f"{schedule['kind']} " + " ".join(f"{key}={value}" for key, value in details.items())
-
-
-def manual_run_id(moment: datetime) -> str:
-    """The id of a run started by hand: distinct from the scheduler's minute-based ids."""
-    return "manual-" + moment.strftime("%Y%m%dT%H%M%SZ")
 
 
 def run_action(action: Action) -> Callable[[argparse.Namespace, Settings], int]:

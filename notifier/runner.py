@@ -66,6 +66,11 @@ return 0
 """
 
 
+def manual_run_id(moment: datetime) -> str:
+    """The id of a run started by hand, distinct from the scheduler's minute-based ids."""
+    return "manual-" + moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
 class RunConflict(ConflictError):
     """Another process executes this run (or took its lease over after it lapsed)."""
 
@@ -250,8 +255,7 @@ class CampaignRunner:
                     pipe.multi()  # type: ignore[no-untyped-call]
                     stage_messages(pipe, keys, messages, now=now, ttl_seconds=ttl)
                     for user, message in written:
-                        if not message.control:  # the control group leaves no trace on caps
-                            _stage_records(pipe, keys, user, message, now, windows)
+                        _stage_records(pipe, keys, user, message, now, windows)
                     stats.stage_counts(pipe, keys, campaign_id, run_id, counts)
                     pipe.hset(keys.campaign_run(campaign_id, run_id), mapping=checkpoint)  # type: ignore[arg-type]
                     pipe.pexpire(lock, self._lease_ms())
@@ -336,6 +340,15 @@ class CampaignRunner:
             yield cursor, cursor == 0, page
 
     # --- resuming ---------------------------------------------------------------------------------
+
+    async def queue(self, campaign: Campaign, run_id: str) -> None:
+        """Record a population run that no process executes yet: the scheduler's leader finds it
+        among `unfinished_runs` and executes it, so an API call never runs a campaign itself."""
+        if campaign.status != "active":
+            raise ConflictError(f"campaign {campaign.id!r} is paused", campaign_id=campaign.id)
+        progress = await self._start(campaign.id, run_id, None, None)
+        if progress.resumed:
+            raise ConflictError(f"run {run_id!r} of campaign {campaign.id!r} exists", run_id=run_id)
 
     async def unfinished_runs(self) -> list[tuple[str, str]]:
         """(campaign id, run id) of runs left `running` by a process that no longer holds the lease."""
@@ -501,15 +514,19 @@ def _stage_records(
 ) -> None:
     """Queue the push record (caps, gaps) and pushed items (no-repeat, attribution) of a message.
 
+    A control-group message records its items only: it was never sent, so it counts for no cap,
+    but a purchase of one of its items within the conversion window is the control group's
+    conversion, the baseline a campaign's lift is measured against.
     Records older than their window are trimmed; each key expires a window after its latest due
     time (read with the batch, so a later push of another campaign keeps its TTL).
     """
-    pushes = keys.user_pushes(user.user_id)
-    pipe.zadd(pushes, {rules.push_member(message.campaign_id, message.run_id): message.due})
-    if any(record.due < now - windows.pushes for record in user.pushes):
-        pipe.zremrangebyscore(pushes, "-inf", f"({now - windows.pushes!r}")
-    latest = max([message.due, *(record.due for record in user.pushes)])
-    pipe.expire(pushes, max(1, math.ceil(latest - now + windows.pushes)))
+    if not message.control:
+        pushes = keys.user_pushes(user.user_id)
+        pipe.zadd(pushes, {rules.push_member(message.campaign_id, message.run_id): message.due})
+        if any(record.due < now - windows.pushes for record in user.pushes):
+            pipe.zremrangebyscore(pushes, "-inf", f"({now - windows.pushes!r}")
+        latest = max([message.due, *(record.due for record in user.pushes)])
+        pipe.expire(pushes, max(1, math.ceil(latest - now + windows.pushes)))
     items = keys.user_pushed_items(user.user_id)
     stale = [item for item, pushed in user.pushed_items.items() if pushed.due < now - windows.items]
     if stale:

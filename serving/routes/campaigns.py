@@ -13,6 +13,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import ConfigDict, Field
 
 from notifier.campaign import Campaign, CampaignSpec, Segment
+from notifier.runner import manual_run_id
 from notifier.stats import campaign_stats
 from recsvc.keys import Keys
 from serving.deps import AdminKey, Services, ServicesDep
@@ -152,6 +153,22 @@ async def pause_campaign(_: AdminKey, campaign_id: CampaignId, services: Service
 async def resume_campaign(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> Campaign:
     with _guarded(services, "resume_campaign"):
         return await services.campaigns.set_status(campaign_id, "active")
+
+
+@router.post(
+    "/{campaign_id}/run",
+    status_code=202,
+    summary="Run a campaign now (admin)",
+    responses=problems(*AUTH, 404, 409, 422, 503),
+)
+async def run_now(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> dict[str, str]:
+    """Queues a run over the whole segment; the scheduler's leader executes it within a minute
+    (`recsvc campaigns run` executes one at once, in its own process). Its results appear in the
+    campaign's statistics under the returned `run_id`."""
+    run_id = manual_run_id(services.clock())
+    with _guarded(services, "queue_run"):
+        await services.runner.queue(await services.campaigns.get(campaign_id), run_id)
+    return {"campaign_id": campaign_id, "run_id": run_id, "status": "queued"}
 
 
 @router.get(

@@ -218,9 +218,19 @@ async def test_an_expired_message_is_not_recreated_by_a_conversion(pushes: Pushe
     assert await pushes.counts() == {}
 
 
+@pytest.mark.parametrize(
+    ("control_percent", "counter"), [(0, stats.CONVERTED), (99.9, stats.control(stats.CONVERTED))]
+)
 async def test_a_purchase_converts_the_push_a_real_campaign_run_sent(
-    aredis: aioredis.Redis, shop_settings: Settings, store: Store, models: ModelHolder, clock: ManualClock
+    aredis: aioredis.Redis,
+    shop_settings: Settings,
+    store: Store,
+    models: ModelHolder,
+    clock: ManualClock,
+    control_percent: float,
+    counter: str,
 ) -> None:
+    """In the treatment group and, against the items it would have got, in the control group."""
     pushes = Pushes(aredis, shop_settings, store)
     await pushes.feed.ensure_group()
     device = {"phone": {"token": "tok", "platform": "android"}}
@@ -229,6 +239,7 @@ async def test_a_purchase_converts_the_push_a_real_campaign_run_sent(
         {
             "id": "spring",
             "name": "Spring",
+            "segment": {"control_percent": control_percent},
             "content": {"title": "For you", "body": "{{ item.title }}", "items": 3},
             "created_at": NOW,
             "updated_at": NOW,
@@ -241,4 +252,4 @@ async def test_a_purchase_converts_the_push_a_real_campaign_run_sent(
     await pushes.buy("gA-u1", pushed[-1], NOW + HOUR)
 
     assert stats.CONVERTED in await pushes.message(mid)
-    assert (await pushes.counts())[stats.CONVERTED] == 1
+    assert (await pushes.counts())[counter] == 1

@@ -163,3 +163,25 @@ async def test_opens_and_clicks_count_once_and_become_events(api: Api) -> None:
     assert_problem(
         await api.app_client.post(f"/v1/push/{message_id}/clicked", json={"item_id": "not-pushed"}), 400
     )
+
+
+async def test_run_now_queues_a_run_that_the_scheduler_executes(api: Api) -> None:
+    assert (
+        await api.app_client.put("/v1/users/gA-u1", json={"push_consent": True, "devices": PHONE})
+    ).is_success
+    await api.admin.post("/v1/campaigns", json=NOW_CAMPAIGN)
+    queued = await api.admin.post("/v1/campaigns/now/run")
+    assert queued.status_code == 202, queued.text
+    run_id = queued.json()["run_id"]
+    runner = api.app.state.services.runner
+    assert await runner.unfinished_runs() == [("now", run_id)]
+    assert (await api.admin.get("/v1/campaigns/now/stats")).json()["runs"][0]["status"] == "running"
+
+    campaign = await api.app.state.services.campaigns.get("now")
+    assert (await runner.run(campaign, run_id)).messages == 1  # what the scheduler's resume job does
+    assert await runner.unfinished_runs() == []
+    assert (await api.admin.get("/v1/campaigns/now/stats")).json()["total"]["sent"] == 1
+
+    await api.admin.post("/v1/campaigns/now/pause")
+    assert_problem(await api.admin.post("/v1/campaigns/now/run"), 409, detail="paused")
+    assert_problem(await api.admin.post("/v1/campaigns/nope/run"), 404)
