@@ -20,10 +20,7 @@ Jobs:
 - resuming unfinished runs (every minute), firing due triggers and draining the event stream
   (every `trigger_poll_seconds`), archiving events and retraining (cron in UTC, "" = off).
 
-A stored job holds only plain data (its function's import path and the campaign id), since any
-process may be the one to fire it. The scheduler that fires a job (and the time it was scheduled
-for, which APScheduler does not pass) reaches the job function through a context variable set
-by this scheduler's executor.
+The jobs themselves and their triggers are in `notifier.jobs`.
 
 Known limit: APScheduler reads its Redis job store on the event loop (a few quick commands per
 wake-up); reconciling, which may write many jobs, runs in a worker thread.
@@ -32,33 +29,39 @@ wake-up); reconciling, which may write many jobs, runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import logging
 import os
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
-from zoneinfo import ZoneInfo
+from typing import Protocol
 
 import redis.asyncio as aioredis
-from apscheduler.executors.asyncio import AsyncIOExecutor
-from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.redis import RedisJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 from redis import ConnectionPool
 
-from notifier.campaign import Campaign, CronSchedule, IntervalSchedule, LocalTimeSchedule, OnceSchedule
-from notifier.crontab import crontab_trigger
+from notifier.campaign import Campaign
 from notifier.event_feed import DrainResult, EventFeed
+from notifier.jobs import (
+    FiringExecutor,
+    JobSpec,
+    apply_jobs,
+    archive_job,
+    campaign_job,
+    campaign_trigger,
+    event_feed_job,
+    every,
+    housekeeping_trigger,
+    resume_job,
+    retrain_job,
+    triggers_job,
+)
 from notifier.lease import Lease
 from notifier.runner import CampaignRunner, RunSummary
 from notifier.store import CampaignStore
@@ -67,7 +70,7 @@ from notifier.triggers import RunCampaign, Triggers
 from recsvc.archive import ARCHIVE_REDIS_TIMEOUT_SECONDS, ArchiveBusy, ArchiveResult, archive_events
 from recsvc.config import Settings
 from recsvc.current_model import ModelHolder
-from recsvc.errors import ConfigError, ConflictError, NotFoundError, RecsvcError
+from recsvc.errors import ConflictError, NotFoundError, RecsvcError
 from recsvc.keys import Keys
 from recsvc.redis_conn import connect_async, connect_sync, ensure_redis, unavailable_as_error
 from recsvc.registry import Registry
@@ -100,106 +103,6 @@ def run_id_at(scheduled: datetime) -> str:
 def default_owner() -> str:
     """A lease owner id unique to this process, readable in logs and in Redis."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """A job the leader's APScheduler should hold; `name` fingerprints it (a change replaces it)."""
-
-    id: str
-    name: str
-    func: Callable[..., Awaitable[Any]]
-    trigger: Any  # an APScheduler trigger
-    args: tuple[str, ...] = ()
-
-
-# --- job functions: what the job store records, by import path ------------------------------------
-
-
-@dataclass(frozen=True)
-class _Firing:
-    scheduler: CampaignScheduler
-    scheduled: datetime
-
-
-_FIRING: contextvars.ContextVar[_Firing] = contextvars.ContextVar("notifier_scheduler_firing")
-
-
-class _FiringExecutor(AsyncIOExecutor):  # type: ignore[misc]
-    """Runs jobs like `AsyncIOExecutor`, each in a context naming this scheduler and the run time."""
-
-    def __init__(self, owner: CampaignScheduler) -> None:
-        super().__init__()
-        self._owner = owner
-
-    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        context = contextvars.copy_context()
-        context.run(_FIRING.set, _Firing(self._owner, run_times[-1]))
-        context.run(super()._do_submit_job, job, run_times)  # the job's task inherits the context
-
-    def in_flight(self) -> list[asyncio.Future[Any]]:
-        """The jobs running now (the base executor tracks their tasks in `_pending_futures`)."""
-        return [future for future in self._pending_futures if not future.done()]
-
-
-async def campaign_job(campaign_id: str) -> None:
-    firing = _FIRING.get()
-    await firing.scheduler.fire_campaign(campaign_id, firing.scheduled)
-
-
-async def resume_job() -> None:
-    await _FIRING.get().scheduler.resume_unfinished()
-
-
-async def triggers_job() -> None:
-    await _FIRING.get().scheduler.fire_triggers()
-
-
-async def event_feed_job() -> None:
-    await _FIRING.get().scheduler.read_events()
-
-
-async def archive_job() -> None:
-    await _FIRING.get().scheduler.archive()
-
-
-async def retrain_job() -> None:
-    await _FIRING.get().scheduler.retrain()
-
-
-# --- triggers of jobs ---------------------------------------------------------------------------
-
-
-def campaign_trigger(campaign: Campaign) -> Any | None:
-    """The APScheduler trigger of a campaign's schedule; None for triggered and on-demand campaigns."""
-    schedule = campaign.schedule
-    if isinstance(schedule, CronSchedule):
-        return crontab_trigger(schedule.cron, ZoneInfo(schedule.timezone))
-    if isinstance(schedule, IntervalSchedule):
-        return IntervalTrigger(
-            minutes=schedule.every_minutes,
-            start_date=schedule.start or campaign.created_at,
-            timezone=ZoneInfo(schedule.timezone),
-        )
-    if isinstance(schedule, OnceSchedule):
-        return DateTrigger(run_date=schedule.at, timezone=ZoneInfo(schedule.timezone))
-    if isinstance(schedule, LocalTimeSchedule):
-        hour, _, minute = schedule.prepare_at.partition(":")
-        return CronTrigger(hour=int(hour), minute=int(minute), timezone=UTC)
-    return None
-
-
-def housekeeping_trigger(cron: str, key: str) -> Any | None:
-    """A housekeeping cron expression (UTC) as a trigger; None when "" turns the job off."""
-    if not cron:
-        return None
-    try:
-        return crontab_trigger(cron, UTC)
-    except ValueError as exc:
-        raise ConfigError(
-            f"notifier.scheduler.{key}: invalid cron expression {cron!r}: {exc}",
-            key=f"notifier.scheduler.{key}",
-        ) from exc
 
 
 # --- the scheduler ------------------------------------------------------------------------------
@@ -239,7 +142,7 @@ class CampaignScheduler:
         tracker = Tracker(redis, settings, clock=clock)
         self.feed = EventFeed(redis, settings, self.triggers, tracker, campaigns=self.campaigns)
         self._apscheduler: AsyncIOScheduler | None = None
-        self._executor: _FiringExecutor | None = None
+        self._executor: FiringExecutor | None = None
 
     @property
     def leading(self) -> bool:
@@ -307,7 +210,7 @@ class CampaignScheduler:
             run_times_key=self._keys.scheduler_run_times(),
             connection_pool=pool,
         )
-        executor = _FiringExecutor(self)
+        executor = FiringExecutor(self)
         scheduler = AsyncIOScheduler(
             jobstores={"default": store},
             executors={"default": executor},
@@ -352,16 +255,14 @@ class CampaignScheduler:
                 continue
             if job is not None:
                 wanted.append(job)
-        await asyncio.to_thread(_apply, scheduler, wanted, now)
+        await asyncio.to_thread(apply_jobs, scheduler, wanted, now)
 
     def _housekeeping_jobs(self, now: datetime) -> list[JobSpec]:
         poll = self._settings.notifier.scheduler.trigger_poll_seconds
         jobs = [
-            JobSpec(RESUME_JOB, "resume unfinished runs every minute", resume_job, _every(RESUME_EVERY, now)),
-            JobSpec(TRIGGERS_JOB, f"fire due triggers every {poll}s", triggers_job, _every(poll, now)),
-            JobSpec(
-                EVENT_FEED_JOB, f"read the event stream every {poll}s", event_feed_job, _every(poll, now)
-            ),
+            JobSpec(RESUME_JOB, "resume unfinished runs every minute", resume_job, every(RESUME_EVERY, now)),
+            JobSpec(TRIGGERS_JOB, f"fire due triggers every {poll}s", triggers_job, every(poll, now)),
+            JobSpec(EVENT_FEED_JOB, f"read the event stream every {poll}s", event_feed_job, every(poll, now)),
         ]
         config = self._settings.notifier.scheduler
         if self._archive_trigger is not None:
@@ -491,37 +392,6 @@ class CampaignScheduler:
         else:
             log.info("the retrain command %s finished", command)
         return code
-
-
-def _every(interval: float | timedelta, now: datetime) -> Any:
-    """An interval trigger first due `now`: a new leader does its polling at once."""
-    seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval
-    return IntervalTrigger(seconds=seconds, start_date=now, timezone=UTC)
-
-
-def _apply(scheduler: AsyncIOScheduler, wanted: Sequence[JobSpec], now: datetime) -> None:
-    """Add or replace the wanted jobs whose fingerprint changed; remove every other job (blocking)."""
-    stored = {job.id: job.name for job in scheduler.get_jobs()}
-    for spec in wanted:
-        if stored.get(spec.id) == spec.name:
-            continue
-        first = spec.trigger.get_next_fire_time(None, now)
-        if first is None:  # a schedule with nothing left to fire
-            continue
-        scheduler.add_job(
-            spec.func,
-            spec.trigger,
-            args=spec.args,
-            id=spec.id,
-            name=spec.name,
-            next_run_time=first,
-            replace_existing=True,
-        )
-        log.info("scheduled job %s: %s, next at %s", spec.id, spec.name, first.isoformat())
-    for job_id in stored.keys() - {spec.id for spec in wanted}:
-        with suppress(JobLookupError):  # fired its last time meanwhile
-            scheduler.remove_job(job_id)
-            log.info("removed job %s", job_id)
 
 
 # --- the process ------------------------------------------------------------------------------------
