@@ -77,10 +77,13 @@ def behaviour_of(now: datetime, purchase_type: str, catalog: Catalog | None) -> 
     return Behaviour(now, purchase_type, category_of)
 
 
-def decide(users: Sequence[UserData], ctx: Context) -> list[Outcome]:
-    """The decision for each user, in order: the one implementation behind run and preview."""
+def decide(users: Sequence[UserData], ctx: Context, *, explain: bool = True) -> list[Outcome]:
+    """The decision for each user, in order: the one implementation behind run and preview.
+
+    Without `explain`, outcomes carry no segment checks (only a preview shows them).
+    """
     behaviour = ctx.behaviour()
-    outcomes = [_plan(user, ctx, behaviour) for user in users]
+    outcomes = [_plan(user, ctx, behaviour, explain) for user in users]
     wanted = [
         outcome for outcome in outcomes if outcome.group in ("treatment", "control") and not outcome.reason
     ]
@@ -99,11 +102,15 @@ def decide(users: Sequence[UserData], ctx: Context) -> list[Outcome]:
     return outcomes
 
 
-def _plan(user: UserData, ctx: Context, behaviour: Behaviour) -> Outcome:
+def _plan(user: UserData, ctx: Context, behaviour: Behaviour, explain: bool) -> Outcome:
     """Group, timing and any reason to stop, before recommendations."""
     campaign, segment = ctx.campaign, ctx.campaign.segment
-    checks = segments.explain(segment, user, behaviour)
-    if not all(check.passed for check in checks):
+    if explain:
+        checks = segments.explain(segment, user, behaviour)
+        passed = all(check.passed for check in checks)
+    else:
+        checks, passed = [], segments.matches(segment, user, behaviour)
+    if not passed:
         reason = stats.FORGOTTEN if user.forgotten else None
         return Outcome(user, "not_in_segment", checks, reason=reason)
     if not segments.sampled(segment, campaign.id, ctx.run_id, user.user_id):

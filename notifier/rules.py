@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from notifier import stats
@@ -69,12 +70,20 @@ def user_zone(name: str | None, default: str) -> ZoneInfo:
     """The user's timezone: their profile's if it is a known zone, else the configured default."""
     if name:
         try:
-            return ZoneInfo(name)
+            return _zone(name)
         except (ZoneInfoNotFoundError, ValueError):
             pass  # a zone stored before validation, or removed from tzdata: treat as unset
-    return ZoneInfo(default)
+    return _zone(default)
 
 
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo:
+    """`ZoneInfo(name)`, kept: ZoneInfo's own cache holds only the last 8 zones strongly, so a run
+    over users of more zones read a tz file per user (the bulk of deciding a batch)."""
+    return ZoneInfo(name)
+
+
+@lru_cache(maxsize=256)
 def clock_time(value: str) -> time:
     """A validated "HH:MM" (see `recsvc.config.ClockTime`) as a time of day."""
     hours, minutes = value.split(":")
@@ -188,6 +197,8 @@ def cap_reason(
     is ignored.
     """
     others = [record for record in earlier if (record.campaign_id, record.run_id) != (campaign_id, run_id)]
+    if not others:
+        return None
     due_s = due.timestamp()
     if rules.max_per_day:
         day = due.astimezone(zone).date()

@@ -34,6 +34,25 @@ from recsvc.state import profile_from_hash, recent_event, unix_micros
 
 VIEW_TYPES = frozenset({"view", "add_to_cart"})
 _BUCKETS = 2**64
+READ_CHUNK = 1_000  # users per Lua call: a few milliseconds of Redis time each
+
+# KEYS: per user, profile, history, dismissed, pushes, pushed items (and message, if ARGV[1] is 6).
+_READ_USERS = """
+local per_user = tonumber(ARGV[1])
+local users = {}
+for at = 1, #KEYS, per_user do
+  local user = {
+    redis.call('HGETALL', KEYS[at]),
+    redis.call('LRANGE', KEYS[at + 1], 0, -1),
+    redis.call('SMEMBERS', KEYS[at + 2]),
+    redis.call('ZRANGE', KEYS[at + 3], 0, -1, 'WITHSCORES'),
+    redis.call('HGETALL', KEYS[at + 4]),
+  }
+  if per_user == 6 then user[6] = redis.call('EXISTS', KEYS[at + 5]) end
+  users[#users + 1] = user
+end
+return users
+"""
 
 
 @dataclass(frozen=True)
@@ -96,39 +115,78 @@ async def read_users(
 ) -> list[UserData]:
     """Profiles, histories, dismissals, push records and forgotten flags of `user_ids`, in one
     non-transactional pipeline; with `message_keys` (one per user), whether each exists."""
+    return (await fetch_users(redis, keys, user_ids, message_keys=message_keys)).decode()
+
+
+@dataclass(frozen=True)
+class FetchedUsers:
+    """What `read_users` reads, as Redis returned it: decoding it (JSON, objects) takes more CPU
+    than reading it, so a caller may decode when it would otherwise only wait (`notifier.runner`)."""
+
+    user_ids: Sequence[str]
+    forgotten: Sequence[Any]
+    replies: Sequence[list[Any]]
+
+    def decode(self) -> list[UserData]:
+        return [
+            _user_data(user_id, forgotten, reply)
+            for user_id, forgotten, reply in zip(self.user_ids, self.forgotten, self.replies, strict=True)
+        ]
+
+
+async def fetch_users(
+    redis: aioredis.Redis,
+    keys: Keys,
+    user_ids: Sequence[str],
+    *,
+    message_keys: Sequence[str] | None = None,
+) -> FetchedUsers:
+    """`read_users` without the decoding.
+
+    The per-user reads run in Lua (`_READ_USERS`, `READ_CHUNK` users a call): one command and one
+    reply per chunk instead of five or six per user, whose client-side cost dominated a run.
+    """
     if not user_ids:
-        return []
+        return FetchedUsers(user_ids, [], [])
     per_user = 6 if message_keys is not None else 5
     with unavailable_as_error("read users"):
         async with redis.pipeline(transaction=False) as pipe:
             pipe.smismember(keys.forgotten(), list(user_ids))
-            for position, user_id in enumerate(user_ids):
-                pipe.hgetall(keys.profile(user_id))
-                pipe.lrange(keys.history(user_id), 0, -1)
-                pipe.smembers(keys.dismissed(user_id))
-                pipe.zrange(keys.user_pushes(user_id), 0, -1, withscores=True)
-                pipe.hgetall(keys.user_pushed_items(user_id))
-                if message_keys is not None:
-                    pipe.exists(message_keys[position])
-            forgotten_flags, *replies = await pipe.execute()
-    users = []
-    for position, (user_id, forgotten) in enumerate(zip(user_ids, forgotten_flags, strict=True)):
-        profile, history, dismissed, pushes, items, *written = replies[
-            position * per_user : (position + 1) * per_user
-        ]
-        users.append(
-            UserData(
-                user_id=user_id,
-                profile=profile_from_hash(user_id, profile),
-                recent=[recent_event(entry) for entry in history],
-                dismissed=frozenset(dismissed),
-                pushes=tuple(push_record(member, float(score)) for member, score in pushes),
-                pushed_items={item: _pushed_item(value) for item, value in items.items()},
-                forgotten=bool(forgotten),
-                message_written=bool(written and written[0]),
-            )
-        )
-    return users
+            for start in range(0, len(user_ids), READ_CHUNK):
+                names: list[str] = []
+                for position in range(start, min(start + READ_CHUNK, len(user_ids))):
+                    user_id = user_ids[position]
+                    names += (
+                        keys.profile(user_id),
+                        keys.history(user_id),
+                        keys.dismissed(user_id),
+                        keys.user_pushes(user_id),
+                        keys.user_pushed_items(user_id),
+                    )
+                    if message_keys is not None:
+                        names.append(message_keys[position])
+                pipe.eval(_READ_USERS, len(names), *names, per_user)
+            forgotten_flags, *chunks = await pipe.execute()
+    return FetchedUsers(user_ids, forgotten_flags, [reply for chunk in chunks for reply in chunk])
+
+
+def _user_data(user_id: str, forgotten: Any, reply: list[Any]) -> UserData:
+    """One user's `_READ_USERS` reply (hashes and scored members as flat lists) as `UserData`."""
+    profile, history, dismissed, pushes, items, *written = reply
+    return UserData(
+        user_id=user_id,
+        profile=profile_from_hash(user_id, _pairs(profile)) if profile else None,
+        recent=[recent_event(entry) for entry in history],
+        dismissed=frozenset(dismissed),
+        pushes=tuple(push_record(member, float(score)) for member, score in _pairs(pushes).items()),
+        pushed_items={item: _pushed_item(value) for item, value in _pairs(items).items()},
+        forgotten=bool(forgotten),
+        message_written=bool(written and written[0]),
+    )
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _pushed_item(value: str) -> PushedItem:
@@ -141,10 +199,20 @@ def _pushed_item(value: str) -> PushedItem:
 
 def explain(segment: Segment, user: UserData, behaviour: Behaviour) -> list[Check]:
     """Each condition of `segment` with its result for `user`; a user without a profile fails."""
+    return _checks(segment, user, behaviour, describe=True)
+
+
+def matches(segment: Segment, user: UserData, behaviour: Behaviour) -> bool:
+    """Whether `user` meets every condition: `explain` without the texts only a preview shows."""
+    return all(check.passed for check in _checks(segment, user, behaviour, describe=False))
+
+
+def _checks(segment: Segment, user: UserData, behaviour: Behaviour, *, describe: bool) -> list[Check]:
+    """The checks of `explain`; without `describe`, their names and details are left empty."""
     profile = user.profile
     if profile is None:
         return [Check("profile", False, "no profile (unknown or forgotten user)")]
-    checks = [_attribute_check(predicate, profile) for predicate in segment.attributes]
+    checks = [_attribute_check(predicate, profile, describe) for predicate in segment.attributes]
     now_us = unix_micros(behaviour.now)
     newest = user.recent[0].ts_us if user.recent else None
     if segment.active_within_days is not None:
@@ -153,12 +221,18 @@ def explain(segment: Segment, user: UserData, behaviour: Behaviour) -> list[Chec
             Check(
                 "active_within_days",
                 newest is not None and newest >= since,
-                _last_event(newest),
+                _last_event(newest) if describe else "",
             )
         )
     if segment.inactive_for_days is not None:
         since = now_us - _days_us(segment.inactive_for_days)
-        checks.append(Check("inactive_for_days", newest is None or newest < since, _last_event(newest)))
+        checks.append(
+            Check(
+                "inactive_for_days",
+                newest is None or newest < since,
+                _last_event(newest) if describe else "",
+            )
+        )
     if segment.purchased_in_category is not None or segment.purchased_within_days is not None:
         checks.append(_purchase_check(segment, user, behaviour, now_us))
     if segment.viewed_not_bought_within_days is not None:
@@ -169,15 +243,13 @@ def explain(segment: Segment, user: UserData, behaviour: Behaviour) -> list[Chec
         )
     if segment.push_consent is not None:
         consent = bool(profile["push_consent"])
-        checks.append(Check("push_consent", consent == segment.push_consent, f"push_consent is {consent}"))
+        detail = f"push_consent is {consent}" if describe else ""
+        checks.append(Check("push_consent", consent == segment.push_consent, detail))
     if segment.has_device is not None:
         devices = len(profile["devices"])
-        checks.append(Check("has_device", (devices > 0) == segment.has_device, f"{devices} device(s)"))
+        detail = f"{devices} device(s)" if describe else ""
+        checks.append(Check("has_device", (devices > 0) == segment.has_device, detail))
     return checks
-
-
-def matches(segment: Segment, user: UserData, behaviour: Behaviour) -> bool:
-    return all(check.passed for check in explain(segment, user, behaviour))
 
 
 def attribute_holds(predicate: AttributePredicate, profile: Mapping[str, Any]) -> bool:
@@ -211,7 +283,9 @@ def attribute_holds(predicate: AttributePredicate, profile: Mapping[str, Any]) -
     return comparisons[op](value, wanted)
 
 
-def _attribute_check(predicate: AttributePredicate, profile: Mapping[str, Any]) -> Check:
+def _attribute_check(predicate: AttributePredicate, profile: Mapping[str, Any], describe: bool) -> Check:
+    if not describe:
+        return Check("", attribute_holds(predicate, profile), "")
     value = _field(profile, predicate.field)
     shown = "missing" if value is None else json.dumps(value)
     wanted = "" if predicate.value is None else f" {json.dumps(predicate.value)}"

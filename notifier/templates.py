@@ -21,7 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2 import StrictUndefined, Template, TemplateError, meta
+from jinja2.runtime import new_context
 from jinja2.sandbox import SandboxedEnvironment
 
 from notifier.campaign import Content
@@ -89,21 +90,35 @@ class CompiledContent:
     """A campaign's templates, parsed once per run and rendered per user."""
 
     def __init__(self, environment: SandboxedEnvironment, content: Content) -> None:
+        self._environment = environment
         self._title = environment.from_string(content.title)
         self._body = environment.from_string(content.body)
         self._deep_link = environment.from_string(content.deep_link) if content.deep_link else None
+        # The templates' globals as one plain dict: `Template.render` copies the globals' ChainMap
+        # per call, and its context lists them again, which cost as much as rendering a short text.
+        self._globals = dict(self._title.globals)
 
     def render(self, values: Mapping[str, Any]) -> Rendered:
+        names = {**self._globals, **values}  # read-only for the templates: their own names go elsewhere
         try:
             return Rendered(
-                title=self._title.render(values).strip(),
-                body=self._body.render(values).strip(),
-                deep_link=self._deep_link.render(values).strip() if self._deep_link else None,
+                title=self._render(self._title, names).strip(),
+                body=self._render(self._body, names).strip(),
+                deep_link=self._render(self._deep_link, names).strip() if self._deep_link else None,
             )
         except TemplateError as exc:
             raise RenderError(str(exc)) from exc
         except (TypeError, ValueError, ArithmeticError) as exc:  # e.g. a filter given the wrong type
             raise RenderError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _render(self, template: Template, names: dict[str, Any]) -> str:
+        """`template.render(names)` for names that already hold the globals. The context gets no
+        globals of its own: Jinja reads them only to import templates, which need a loader."""
+        context = new_context(self._environment, template.name, template.blocks, names, shared=True)
+        try:
+            return str(self._environment.concat(template.root_render_func(context)))
+        except Exception:
+            self._environment.handle_exception()  # raises, with the template's line in the traceback
 
 
 class Templates:

@@ -113,10 +113,12 @@ class _Users:
     realtime: npt.NDArray[np.bool_]
     blocked: Blocked
 
-    def strategy(self, position: int) -> Strategy:
-        if self.realtime[position]:
-            return "realtime"
-        return "personalized" if self.has_vector[position] else "popular"
+    def strategies(self) -> list[Strategy]:
+        """Each user's strategy, in order."""
+        return [
+            "realtime" if realtime else "personalized" if has_vector else "popular"
+            for realtime, has_vector in zip(self.realtime.tolist(), self.has_vector.tolist(), strict=True)
+        ]
 
 
 class Engine:
@@ -217,13 +219,13 @@ class Engine:
             )
             ranked = self._rank(users, k, allowed, candidates, trending)
             results.extend(
-                Recommendations(
-                    items=self._describe(catalog, *found),
-                    strategy=users.strategy(position),
-                    model_version=self.version,
-                    known_user=bool(users.known[position]),
+                Recommendations(items=items, strategy=strategy, model_version=self.version, known_user=known)
+                for items, strategy, known in zip(
+                    self._describe_many(catalog, ranked),
+                    users.strategies(),
+                    users.known.tolist(),
+                    strict=True,
                 )
-                for position, found in enumerate(ranked)
             )
         return results
 
@@ -278,7 +280,7 @@ class Engine:
         """The vector `recommend` would rank with, and its strategy (None for `popular`)."""
         users = self._resolve([user_id], {user_id: recent}, {}, include_seen=True, now_us=now_us)
         vector = users.vectors[0] if users.has_vector[0] else None
-        return vector, users.strategy(0)
+        return vector, users.strategies()[0]
 
     # --- users -----------------------------------------------------------------------------
 
@@ -446,6 +448,20 @@ class Engine:
         return ranked_list(
             self._popular_order, self.artifact.popularity, allowed, items[order], scores[order], count
         )
+
+    def _describe_many(self, catalog: Catalog, ranked: Sequence[Ranked]) -> list[list[Recommendation]]:
+        """`_describe` of each user's ranked items, converted for the whole batch at once: per
+        user, the numpy calls cost more than the items they describe."""
+        if not ranked:
+            return []
+        counts = [len(items) for items, _ in ranked]
+        described = self._describe(
+            catalog,
+            np.concatenate([items for items, _ in ranked]).astype(np.int64, copy=False),
+            np.concatenate([scores for _, scores in ranked]),
+        )
+        ends = np.cumsum(counts).tolist()
+        return [described[end - count : end] for end, count in zip(ends, counts, strict=True)]
 
     def _describe(
         self, catalog: Catalog, items: npt.NDArray[np.int64], scores: npt.NDArray[np.float32]
