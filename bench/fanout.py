@@ -6,9 +6,9 @@
 Publishes `bench/engine.py`'s synthetic artifact (clustered item factors, 20 training items per
 user, an HNSW index) into a registry under the cache folder, once: later runs with the same
 shape reuse it. Loads one profile per model user into Redis (`REDIS_URL`, else an embedded server
-under the cache folder, with persistence off) under a key prefix of its own, deleted at the end
-even when the run fails. Profiles have consent, one device, a timezone out of ten and tier /
-points / locale attributes; 2% lack `points`.
+under the cache folder, with persistence off, stopped at the end) under a key prefix of its own,
+deleted at the end even when the run fails. Profiles have consent, one device, a timezone out of
+ten and tier / points / locale attributes; 2% lack `points`.
 
 The campaign selects `points >= 0` with consent and a device, keeps 10% as a control group,
 sends 3 personalized items with templates over user and item fields, and has quiet hours off and
@@ -57,7 +57,7 @@ from recsvc.config import Settings, load_settings  # noqa: E402
 from recsvc.current_model import ModelHolder  # noqa: E402
 from recsvc.engine import Engine  # noqa: E402
 from recsvc.keys import Keys  # noqa: E402
-from recsvc.redis_conn import connect_async, redis_url  # noqa: E402
+from recsvc.redis_conn import connect_async, redis_url, stop_embedded  # noqa: E402
 from recsvc.registry import Registry  # noqa: E402
 from recsvc.state import profile_changes  # noqa: E402
 
@@ -182,11 +182,13 @@ async def delete_prefix(client: aioredis.Redis, prefix: str) -> int:
 
 @asynccontextmanager
 async def bench_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    """A client with a generous timeout; the embedded server (this bench's own) runs without
-    persistence, so snapshots and AOF rewrites of gigabytes do not fork in the timed part."""
+    """A client with a generous timeout. The embedded server (this bench's own: one bench at a
+    time per cache folder) runs without persistence, so snapshots and AOF rewrites of gigabytes
+    do not fork in the timed part, and is stopped at the end, giving its memory back."""
+    embedded = redis_url(settings) is None
     client = connect_async(settings, timeout=REDIS_TIMEOUT_SECONDS)
     try:
-        if redis_url(settings) is None:
+        if embedded:
             await client.config_set("save", "")
             await client.config_set("appendonly", "no")
         yield client
@@ -196,6 +198,8 @@ async def bench_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
             print(f"deleted {deleted:,} keys under {settings.redis.prefix}")
         finally:
             await client.aclose()
+            if embedded:
+                await asyncio.to_thread(stop_embedded, settings.redis.embedded_path)
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -416,7 +420,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--factors", type=int, default=64)
-    parser.add_argument("--k", type=int, default=3, help="items per push (content.items)")
+    parser.add_argument(
+        "--k", type=int, default=3, help="items per push (content.items; 3 or more: the body names three)"
+    )
     parser.add_argument("--batch-size", type=int, default=5_000, help="notifier.batch_size")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/bench-fanout"))
     parser.add_argument("--profile", type=Path, help="run the campaign under cProfile, stats to FILE")
