@@ -56,6 +56,7 @@ from notifier.templates import CompiledContent  # noqa: E402
 from recsvc.config import Settings, load_settings  # noqa: E402
 from recsvc.current_model import ModelHolder  # noqa: E402
 from recsvc.engine import Engine  # noqa: E402
+from recsvc.gc_tuning import tune_collector  # noqa: E402
 from recsvc.keys import Keys  # noqa: E402
 from recsvc.redis_conn import connect_async, redis_url, stop_embedded  # noqa: E402
 from recsvc.registry import Registry  # noqa: E402
@@ -426,6 +427,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=5_000, help="notifier.batch_size")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/bench-fanout"))
     parser.add_argument("--profile", type=Path, help="run the campaign under cProfile, stats to FILE")
+    tune_collector()  # as `recsvc scheduler` does at start-up
     asyncio.run(bench(parser.parse_args()))
 
 

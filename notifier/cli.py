@@ -27,6 +27,7 @@ from recsvc.cli import print_json
 from recsvc.config import Settings
 from recsvc.current_model import ModelHolder
 from recsvc.errors import InputError
+from recsvc.gc_tuning import tune_collector
 from recsvc.keys import Keys
 from recsvc.redis_conn import connect_async
 from recsvc.registry import Registry
@@ -106,6 +107,7 @@ async def _runner(settings: Settings, client: aioredis.Redis) -> CampaignRunner:
 
 
 async def _run(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    tune_collector()  # this process executes a run, as the scheduler's does
     campaign = await CampaignStore(client, settings).get(args.campaign_id)
     runner = await _runner(settings, client)
     summary = await runner.run(campaign, args.run_id or manual_run_id(utc_now()))
@@ -191,11 +193,13 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    tune_collector()
     asyncio.run(run_worker(settings, burst=args.burst))
     return 0
 
 
 def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    tune_collector()  # before the model loads: a model swapped out later must stay collectable
     asyncio.run(run_scheduler(settings))
     return 0
 

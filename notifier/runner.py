@@ -1,18 +1,19 @@
 """A campaign run: segment -> sample and control -> rules -> recommendations -> template -> outbox.
 
 The population is walked in batches. A batch is read in one pipeline (`segments.fetch_users`),
-decided in a worker thread (predicates, rules, one `recommend_many` call, rendering; all CPU)
-and written in one atomic Lua script (`_APPLY`): messages, the users' push records, counters,
-and the run's checkpoint (the SSCAN cursor, or the offset in an explicit user list). A run
-killed at any point and run again resumes after the last batch written, so every user is
-decided, counted and messaged once. Users whose message of the run already exists are skipped:
-a second line of defence (SSCAN may return a member twice), and what lets a triggered campaign
-hand batch after batch of users to its day's run (a user handed over twice is messaged once;
-only a user who was suppressed the first time is decided, and counted, again).
+decided in a worker thread (predicates, rules, one `recommend_many` call, rendering; all CPU;
+`notifier.decisions`) and written in one atomic Lua script (`notifier.batch_write`): messages,
+the users' push records, counters, and the run's checkpoint (the SSCAN cursor, or the offset in
+an explicit user list). A run killed at any point and run again resumes after the last batch
+written, so every user is decided, counted and messaged once. Users whose message of the run
+already exists are skipped: a second line of defence (SSCAN may return a member twice), and what
+lets a triggered campaign hand batch after batch of users to its day's run (a user handed over
+twice is messaged once; only a user who was suppressed the first time is decided, and counted,
+again).
 
 Batches follow each other strictly: the clock is read at the start of a batch, after the batch
-before is written. Only the next batch's read overlaps (`_Prefetch`): Redis reads it while this
-one is decided, and it is decoded while this one's write runs.
+before is written. Only the next batch's read overlaps (`notifier.prefetch`): Redis reads it
+while this one is decided, and it is decoded while this one's write runs.
 
 The run's hash (`Keys.campaign_run`) holds, besides `status`, `started` and `finished`, the
 checkpoint `position` and, for a run over explicit users, `users` and `trigger_events` (JSON),
@@ -20,6 +21,9 @@ so a resume needs nothing but the campaign and the run id.
 
 One process executes a run at a time: it holds the lease `Keys.campaign_run_lock`, renewed by
 every batch write, which fails (and stops the run) if the lease was lost meanwhile.
+
+Processes that execute runs tune the garbage collector once at start-up (`recsvc.gc_tuning`):
+a batch keeps some 10^5 objects alive, which the default thresholds re-walk again and again.
 
 `preview` and `audience` go through the same functions as `run` and write nothing.
 
@@ -30,25 +34,23 @@ same user at the same instant may together exceed a cap by their overlap.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import math
 import secrets
-import threading
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from redis.commands.core import DataAccessCommands
 
 from notifier import rules, segments, stats
+from notifier.batch_write import APPLY, BatchWrite, Windows, stage_records
 from notifier.campaign import Campaign, Segment
 from notifier.decisions import Context, Group, Outcome, behaviour_of, count, decide, tally_users
 from notifier.messages import Message, message_id, stage_messages
+from notifier.prefetch import Fetched, Page, Prefetch
 from notifier.segments import Behaviour, Check, UserData
 from notifier.store import CampaignStore
 from notifier.templates import Templates
@@ -65,29 +67,6 @@ PREVIEW_RUN = "preview"
 EXACT_AUDIENCE_MAX = 100_000  # above this many profiles, `audience` estimates from a sample
 AUDIENCE_SAMPLE = 20_000
 TRENDING_MARGIN = 50  # trending items fetched beyond k, for users whose exclusions remove some
-RUN_GC_THRESHOLD = 50_000  # the collector's first threshold while runs execute (`_fewer_collections`)
-
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per pushed-items record
-_collector_lock = threading.Lock()
-_relaxed_runs = 0  # runs executing in this process with the raised threshold
-_saved_thresholds: tuple[int, int, int] = (0, 0, 0)  # the thresholds before the first of them
-
-# Apply a batch's writes, atomically, only while the run's lease (KEYS[1]) holds this process's
-# token (ARGV[1]). ARGV[2] is the JSON list of the commands [name, key, arg, ...]; command i's
-# key is also declared as KEYS[i + 1]. One script instead of a MULTI/EXEC of seven commands a
-# message: redis-py's per-command work (packing, then a reply each for QUEUED) dominated runs.
-_APPLY = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i, command in ipairs(cjson.decode(ARGV[2])) do
-  redis.call(command[1], KEYS[i + 1], unpack(command, 3))
-end
-return 1
-"""
-# Commands that read their float arguments as numbers. Numbers reach `_APPLY` as JSON numbers,
-# which Lua hands to Redis formatted as doubles ("%.17g"): the same value (an int below 2^53 as
-# itself), but other text than redis-py's repr, so a float where Redis stores text is refused.
-_PARSES_FLOATS = frozenset({"ZADD", "ZINCRBY", "ZREMRANGEBYSCORE", "HINCRBYFLOAT", "INCRBYFLOAT"})
-_ARGUMENT_TYPES = frozenset({str, int, float})
 
 # Delete the lease only if this process still holds it.
 _RELEASE = """
@@ -173,108 +152,6 @@ class _Progress:
     done: bool
 
 
-@dataclass(frozen=True)
-class _Page:
-    """One batch of a run: the position after it, whether it is the last, the users to decide
-    (read, without those whose message exists) and the message id of every user of the page."""
-
-    position: int
-    last: bool
-    users: list[UserData]
-    message_ids: dict[str, str]
-
-
-@dataclass(frozen=True)
-class _Fetched:
-    """A page as read from Redis, before its users' data is decoded."""
-
-    position: int
-    last: bool
-    fetched: segments.FetchedUsers
-    message_ids: dict[str, str]
-
-    def page(self) -> _Page:
-        users = [user for user in self.fetched.decode() if not user.message_written]
-        return _Page(self.position, self.last, users, self.message_ids)
-
-
-@contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Raise the cyclic collector's first threshold (to `RUN_GC_THRESHOLD`) while runs execute.
-
-    A batch keeps some 10^5 objects alive at once (users, outcomes, messages). CPython collects
-    after every 700 net new objects and walks everything alive at each tenth of a tenth of those
-    collections, so at the default threshold the collector re-walked whole batches again and
-    again: a sixth of a run's time. The thresholds are process-wide: runs executing together
-    share the raise, and the last one to finish restores the previous thresholds.
-    """
-    global _relaxed_runs, _saved_thresholds
-    with _collector_lock:
-        if _relaxed_runs == 0:
-            _saved_thresholds = gc.get_threshold()
-            first, *rest = _saved_thresholds
-            gc.set_threshold(max(first, RUN_GC_THRESHOLD), *rest)
-        _relaxed_runs += 1
-    try:
-        yield
-    finally:
-        with _collector_lock:
-            _relaxed_runs -= 1
-            if _relaxed_runs == 0:
-                gc.set_threshold(*_saved_thresholds)
-
-
-class _Prefetch:
-    """A run's pages, each read while the caller decides and writes the one before.
-
-    The next page is asked of Redis as soon as the caller has one, so Redis reads it while the
-    caller decides (mostly Python, on one core). Its reply is decoded when the caller is `idle`
-    (waiting for its batch write), not as soon as it arrives: decoding is Python too and would
-    only take turns with deciding, or with the index search for both cores.
-    """
-
-    def __init__(self, pages: AsyncGenerator[_Fetched, None]) -> None:
-        self._pages = pages
-        self._ahead: asyncio.Task[_Page | None] | None = None
-        self._ended = False  # the last page was read
-        self._decode = asyncio.Event()
-
-    def idle(self) -> None:
-        """The caller only waits on Redis: decode the page read ahead now."""
-        self._decode.set()
-
-    async def next(self) -> _Page | None:
-        """The next page (read ahead, or now), None after the last; starts reading the one after."""
-        if self._ahead is None and not self._ended:
-            self._ahead = asyncio.ensure_future(self._read())
-        if self._ahead is None:
-            return None
-        self._decode.set()
-        ahead, self._ahead = self._ahead, None
-        page = await ahead
-        self._decode.clear()
-        if not self._ended:
-            self._ahead = asyncio.ensure_future(self._read())
-        return page
-
-    async def _read(self) -> _Page | None:
-        fetched = await anext(self._pages, None)
-        self._ended = fetched is None or fetched.last
-        if fetched is None:
-            return None
-        await self._decode.wait()
-        return fetched.page()
-
-    async def aclose(self) -> None:
-        """Cancel a read under way (its failure, if any, is not news: the run stopped anyway)."""
-        if self._ahead is not None:
-            self._ahead.cancel()
-            await asyncio.wait([self._ahead])  # raises only if this task itself is cancelled
-            if not self._ahead.cancelled():
-                self._ahead.exception()
-        await self._pages.aclose()
-
-
 class CampaignRunner:
     """Executes, previews and sizes campaigns against one deployment's Redis and current model."""
 
@@ -296,7 +173,7 @@ class CampaignRunner:
         self._store = Store(redis, settings, clock=clock)
         self._campaigns = CampaignStore(redis, settings, clock=clock, templates=self._templates)
         self._catalogs = CatalogCache()
-        self._apply = redis.register_script(_APPLY)  # EVALSHA: the script is sent once, not per batch
+        self._apply = redis.register_script(APPLY)  # EVALSHA: the script is sent once, not per batch
 
     # --- run --------------------------------------------------------------------------------------
 
@@ -327,14 +204,13 @@ class CampaignRunner:
             windows = await self._windows(campaign)
             totals: Counter[str] = Counter()
             written = 0
-            pages = _Prefetch(self._pages(campaign.id, run_id, progress))
+            pages = Prefetch(self._pages(campaign.id, run_id, progress))
             try:
-                with _fewer_collections():
-                    while (page := await pages.next()) is not None:
-                        ctx = replace(base, now=self._clock())
-                        counts, messages = await self._batch(ctx, page, token, windows, pages.idle)
-                        totals.update(counts)
-                        written += messages
+                while (page := await pages.next()) is not None:
+                    ctx = replace(base, now=self._clock())
+                    counts, messages = await self._batch(ctx, page, token, windows, pages.idle)
+                    totals.update(counts)
+                    written += messages
             finally:
                 await pages.aclose()
         finally:
@@ -343,7 +219,7 @@ class CampaignRunner:
 
     async def _pages(
         self, campaign_id: str, run_id: str, progress: _Progress
-    ) -> AsyncGenerator[_Fetched, None]:
+    ) -> AsyncGenerator[Fetched, None]:
         """The run's batches from the stored position, each with its users' data read."""
         seen: set[str] = set()
         async for position, last, page in self._batches(progress):
@@ -352,10 +228,10 @@ class CampaignRunner:
             ids = {user_id: message_id(campaign_id, run_id, user_id) for user_id in fresh}
             message_keys = [self._keys.message(message) for message in ids.values()]
             fetched = await segments.fetch_users(self._redis, self._keys, fresh, message_keys=message_keys)
-            yield _Fetched(position, last, fetched, ids)
+            yield Fetched(position, last, fetched, ids)
 
     async def _batch(
-        self, ctx: Context, page: _Page, token: str, windows: _Windows, idle: Callable[[], None]
+        self, ctx: Context, page: Page, token: str, windows: Windows, idle: Callable[[], None]
     ) -> tuple[Counter[str], int]:
         """Decide and write one batch; returns its counters and the number of messages written.
         `idle` is called when only the write remains to wait for."""
@@ -377,10 +253,10 @@ class CampaignRunner:
         token: str,
         position: int,
         last: bool,
-        windows: _Windows,
+        windows: Windows,
         idle: Callable[[], None],
     ) -> None:
-        """One atomic script (`_APPLY`), applied only while this process holds the run's lease;
+        """One atomic script (`batch_write.APPLY`), applied only while this process holds the run's lease;
         `idle` is called once the script is ready to send."""
         keys, campaign_id, run_id = self._keys, ctx.campaign.id, ctx.run_id
         lock = keys.campaign_run_lock(campaign_id, run_id)
@@ -391,11 +267,11 @@ class CampaignRunner:
         checkpoint: dict[str, str] = {"position": str(position)}
         if last:
             checkpoint.update(status="done", finished=repr(now))
-        batch = _Batch()
+        batch = BatchWrite()
         pipe: Any = batch  # redis-py types its command methods for its own clients only
         stage_messages(pipe, keys, messages, now=now, ttl_seconds=ttl)
         for user, message in written:
-            _stage_records(pipe, keys, user, message, now, windows)
+            stage_records(pipe, keys, user, message, now, windows)
         stats.stage_counts(pipe, keys, campaign_id, run_id, counts)
         pipe.hset(keys.campaign_run(campaign_id, run_id), mapping=checkpoint)
         pipe.pexpire(lock, self._lease_ms())
@@ -630,7 +506,7 @@ class CampaignRunner:
             trigger_events=trigger_events,
         )
 
-    async def _windows(self, campaign: Campaign) -> _Windows:
+    async def _windows(self, campaign: Campaign) -> Windows:
         """How long push records and pushed items are kept, for every campaign's rules."""
         defaults = self._settings.notifier.rules
         stored = await self._campaigns.list()
@@ -638,69 +514,10 @@ class CampaignRunner:
             campaign.effective_rules(defaults),
             *(other.effective_rules(defaults) for other in stored),
         ]
-        return _Windows(
+        return Windows(
             pushes=rules.record_window_seconds(effective),
             items=rules.item_window_seconds(effective, self._settings.notifier.tracking),
         )
-
-
-@dataclass(frozen=True)
-class _Windows:
-    """Seconds push records (`pushes`) and pushed items (`items`) are kept after they fall due."""
-
-    pushes: float
-    items: float
-
-
-class _Batch(DataAccessCommands):
-    """Records the commands that staging functions (`stage_messages`, `stats.stage_counts`, ...)
-    add to a pipeline, for `_APPLY`: redis-py's own command methods build their arguments."""
-
-    _event_dispatcher: Any = None  # redis-py's command protocol declares it; recording needs none
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[Any, ...]] = []
-
-    def execute_command(self, *args: Any, **options: Any) -> None:
-        """Record a command; refused now, before anything is sent, if `_APPLY` could not run it
-        (a bad argument would otherwise stop the script half-way, its earlier writes applied)."""
-        kinds = set(map(type, args))
-        if not kinds <= _ARGUMENT_TYPES or (float in kinds and args[0] not in _PARSES_FLOATS):
-            raise TypeError(f"{args[0]}: arguments must be str or int (float only where Redis parses it)")
-        self.commands.append(args)
-
-    def encoded(self) -> tuple[list[str], str]:
-        """The key of each command, and the commands as one JSON list (see `_APPLY`)."""
-        command_keys = [command[1] for command in self.commands]
-        return command_keys, json.dumps(self.commands, ensure_ascii=False, separators=(",", ":"))
-
-
-def _stage_records(
-    pipe: Any, keys: Keys, user: UserData, message: Message, now: float, windows: _Windows
-) -> None:
-    """Queue the push record (caps, gaps) and pushed items (no-repeat, attribution) of a message.
-
-    A control-group message records its items only: it was never sent, so it counts for no cap,
-    but a purchase of one of its items within the conversion window is the control group's
-    conversion, the baseline a campaign's lift is measured against.
-    Records older than their window are trimmed; each key expires a window after its latest due
-    time (read with the batch, so a later push of another campaign keeps its TTL).
-    """
-    if not message.control:
-        pushes = keys.user_pushes(user.user_id)
-        pipe.zadd(pushes, {rules.push_member(message.campaign_id, message.run_id): message.due})
-        if any(record.due < now - windows.pushes for record in user.pushes):
-            pipe.zremrangebyscore(pushes, "-inf", f"({now - windows.pushes!r}")
-        latest = max([message.due, *(record.due for record in user.pushes)])
-        pipe.expire(pushes, max(1, math.ceil(latest - now + windows.pushes)))
-    items = keys.user_pushed_items(user.user_id)
-    stale = [item for item, pushed in user.pushed_items.items() if pushed.due < now - windows.items]
-    if stale:
-        pipe.hdel(items, *stale)
-    record = _COMPACT.encode({"m": message.message_id, "t": message.due})
-    pipe.hset(items, mapping=dict.fromkeys(message.items, record))
-    kept = [pushed.due for item, pushed in user.pushed_items.items() if item not in stale]
-    pipe.expire(items, max(1, math.ceil(max([message.due, *kept]) - now + windows.items)))
 
 
 def _message(outcome: Outcome, ctx: Context, identifier: str) -> Message:

@@ -11,10 +11,13 @@ import logging
 from fastapi import FastAPI
 
 from recsvc.config import load_settings
+from recsvc.gc_tuning import tune_collector
 from serving.app import create_app
 
 
 def app() -> FastAPI:
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_app(settings)
+    application = create_app(settings)
+    tune_collector()  # the app exists; the model loads later, in the lifespan (see `tune_collector`)
+    return application

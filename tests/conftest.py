@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,17 @@ def find_shared_data() -> Path:
         if candidate.is_dir():
             return candidate
     raise RuntimeError(f"no shared/data folder above {REPO}: the real datasets are missing")
+
+
+@pytest.fixture(autouse=True)
+def untuned_collector() -> Iterator[None]:
+    """The collector's thresholds and frozen objects restored after each test: a test that runs an
+    entry point in-process (`recsvc worker`, `campaigns run`) tunes them (`recsvc.gc_tuning`)."""
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    yield
+    gc.set_threshold(*thresholds)
+    if frozen == 0:
+        gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -12,11 +13,12 @@ from shop import NOW
 
 from notifier import segments
 from notifier.campaign import AttributePredicate, Segment
+from notifier.rules import PushedItem, push_record
 from notifier.segments import Behaviour, UserData
 from recsvc.config import Settings
 from recsvc.engine import RecentEvent
 from recsvc.keys import Keys
-from recsvc.state import Store, unix_micros
+from recsvc.state import Store, profile_from_hash, recent_event, unix_micros
 
 CATEGORIES = {"a1": "A", "a2": "A", "b1": "B"}
 BEHAVIOUR = Behaviour(NOW, "purchase", CATEGORIES.get)
@@ -171,6 +173,70 @@ def test_all_conditions_must_hold_and_explain_names_each() -> None:
     assert not segments.matches(Segment(), no_profile, BEHAVIOUR)
 
 
+# Users that tell every predicate kind apart: each segment below matches some and not others.
+VARIED = [
+    user(
+        {"tier": "gold", "points": 150},
+        timezone="Europe/Berlin",
+        recent=[event("a1", "view", 2), event("a2", "purchase", 10)],
+    ),
+    user(
+        {"tier": "silver", "points": 600}, recent=[event("b1", "add_to_cart", 1)], consent=False, devices={}
+    ),
+    user({}, recent=[event("a1", "view", 40)]),
+    user({"tier": None, "points": "5"}),
+    UserData("ghost", None, [], frozenset(), (), {}),
+]
+
+
+def attribute(field: str, op: str, value: Any = None) -> dict[str, Any]:
+    return {"attributes": [{"field": field, "op": op, "value": value}]}
+
+
+EVERY_PREDICATE_KIND = {
+    "eq": attribute("tier", "eq", "gold"),
+    "ne": attribute("tier", "ne", "gold"),
+    "in": attribute("tier", "in", ["gold", "silver"]),
+    "not_in": attribute("tier", "not_in", ["gold", "silver"]),
+    "gt": attribute("points", "gt", 100),
+    "gte": attribute("points", "gte", 150),
+    "lt": attribute("points", "lt", 500),
+    "lte": attribute("points", "lte", 150),
+    "between": attribute("points", "between", [100, 500]),
+    "exists": attribute("tier", "exists"),
+    "missing": attribute("tier", "missing"),
+    "timezone": attribute("timezone", "eq", "Europe/Berlin"),
+    "active_within_days": {"active_within_days": 7},
+    "inactive_for_days": {"inactive_for_days": 30},
+    "purchased_in_category": {"purchased_in_category": "A"},
+    "purchased_within_days": {"purchased_within_days": 14},
+    "purchased_in_category_within_days": {"purchased_in_category": "A", "purchased_within_days": 14},
+    "viewed_not_bought_within_days": {"viewed_not_bought_within_days": 3},
+    "push_consent": {"push_consent": True},
+    "no_push_consent": {"push_consent": False},
+    "has_device": {"has_device": True},
+    "has_no_device": {"has_device": False},
+    "all_at_once": {
+        **attribute("tier", "eq", "gold"),
+        "active_within_days": 7,
+        "viewed_not_bought_within_days": 3,
+        "push_consent": True,
+        "has_device": True,
+    },
+    "no_condition": {},
+}
+
+
+@pytest.mark.parametrize("spec", EVERY_PREDICATE_KIND.values(), ids=EVERY_PREDICATE_KIND.keys())
+def test_matches_is_whether_every_explained_check_passed(spec: dict[str, Any]) -> None:
+    """`matches` skips the texts of `explain` (a run's fast path); never the verdict."""
+    segment = Segment.model_validate(spec)
+    verdicts = [segments.matches(segment, varied, BEHAVIOUR) for varied in VARIED]
+    explained = [all(c.passed for c in segments.explain(segment, varied, BEHAVIOUR)) for varied in VARIED]
+    assert verdicts == explained
+    assert set(verdicts) == {True, False}  # the users tell this segment's outcomes apart
+
+
 # --- sampling and control --------------------------------------------------------------------------
 
 
@@ -229,6 +295,72 @@ async def test_read_users_reads_profile_history_and_push_records(
     assert u1.pushed_items["a3"].message_id == "m0"
     assert u1.message_written and not u1.forgotten
     assert u2.profile is None and u2.forgotten and not u2.message_written
+
+
+async def read_plainly(aredis: aioredis.Redis, keys: Keys, user_id: str, message_key: str | None) -> UserData:
+    """One user's data read key by key with plain commands: the reference for the batch read."""
+    profile: dict[str, str] = await aredis.hgetall(keys.profile(user_id))  # type: ignore[assignment]
+    history = await aredis.lrange(keys.history(user_id), 0, -1)
+    pushes = await aredis.zrange(keys.user_pushes(user_id), 0, -1, withscores=True)
+    items: dict[str, str] = await aredis.hgetall(keys.user_pushed_items(user_id))  # type: ignore[assignment]
+    records = {item: json.loads(value) for item, value in items.items()}
+    return UserData(
+        user_id=user_id,
+        profile=profile_from_hash(user_id, profile),
+        recent=[recent_event(entry) for entry in history],
+        dismissed=frozenset(await aredis.smembers(keys.dismissed(user_id))),
+        pushes=tuple(push_record(member, score) for member, score in pushes),
+        pushed_items={item: PushedItem(str(r["m"]), float(r["t"])) for item, r in records.items()},
+        forgotten=bool(await aredis.sismember(keys.forgotten(), user_id)),
+        message_written=message_key is not None and bool(await aredis.exists(message_key)),
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("chunk", [segments.READ_CHUNK, 2], ids=["one-chunk", "chunks-of-2"])
+async def test_fetched_users_decode_to_what_read_users_and_plain_reads_give(
+    aredis: aioredis.Redis, store: Store, shop_settings: Settings, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(segments, "READ_CHUNK", chunk)
+    keys = Keys(shop_settings.redis.prefix)
+    await store.put_profile(
+        "full",
+        {
+            "attributes": {"tier": "gold"},
+            "timezone": "Europe/Berlin",
+            "push_consent": True,
+            "devices": DEVICE,
+        },
+    )
+    await record(store, [("full", "a1", "view", NOW - timedelta(hours=2)), ("full", "a2", "purchase", NOW)])
+    await store.dismiss("full", "b1")
+    await store.dismiss("full", "b2")
+    await aredis.zadd(keys.user_pushes("full"), {"c|r0": 100.0, "d|r1": 1706788800.1234567})
+    await aredis.hset(
+        keys.user_pushed_items("full"), mapping={"a3": '{"m":"m0","t":100.0}', "a4": '{"m":"m1","t":7}'}
+    )
+    await store.put_profile("bare", {"push_consent": False})
+    await aredis.hset(keys.message("m-bare"), "title", "x")
+    await store.put_profile("forgotten", {"push_consent": True, "devices": DEVICE})
+    await store.forget_user("forgotten")
+    await store.put_profile("points-only", {"attributes": {"points": 3}})
+    users = ["full", "bare", "forgotten", "absent", "points-only"]
+    message_keys = [keys.message("m-full"), keys.message("m-bare"), "no-such-message", "nope", "nope"]
+    for given in (message_keys, None):
+        fetched = await segments.fetch_users(aredis, keys, users, message_keys=given)
+        read = await segments.read_users(aredis, keys, users, message_keys=given)
+        plain = [
+            await read_plainly(aredis, keys, u, given[n] if given else None) for n, u in enumerate(users)
+        ]
+        assert fetched.decode() == read == plain
+        written = [u.message_written for u in read]
+        assert written == ([False, True, False, False, False] if given else [False] * len(users))
+    full, bare, forgotten, absent, _ = read
+    assert full.recent and full.dismissed == {"b1", "b2"} and len(full.pushes) == len(full.pushed_items) == 2
+    assert bare.profile is not None and not bare.recent and not bare.forgotten
+    assert (
+        forgotten.profile is None and forgotten.forgotten and absent.profile is None and not absent.forgotten
+    )
 
 
 @pytest.mark.anyio
