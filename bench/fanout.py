@@ -385,7 +385,8 @@ async def bench(args: argparse.Namespace) -> None:
     )
     print(f"ratio run / raw    {elapsed / raw:>12.2f}")
     seconds = stages.seconds
-    print("where the run's time went (the next batch is read meanwhile, and decoded during the write):")
+    print("where the run's time went (stages overlap: Redis writes a batch and reads the next")
+    print("while the runner decides one):")
     for name, value in (
         ("read users (Redis)", seconds["read"]),
         ("decode users", seconds["decode"]),

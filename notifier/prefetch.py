@@ -43,9 +43,9 @@ class Prefetch:
     """A run's pages, each read while the caller decides and writes the one before.
 
     The next page is asked of Redis as soon as the caller has one, so Redis reads it while the
-    caller decides (mostly Python, on one core). Its reply is decoded when the caller is `idle`
-    (waiting for its batch write), not as soon as it arrives: decoding is Python too and would
-    only take turns with deciding, or with the index search for both cores.
+    caller decides (mostly Python, on one core). Its reply is decoded when the caller asks for
+    it (`next`), not as soon as it arrives: decoding is Python too and would only take turns
+    with deciding, or with the index search for both cores.
     """
 
     def __init__(self, pages: AsyncGenerator[Fetched, None]) -> None:
@@ -53,10 +53,6 @@ class Prefetch:
         self._ahead: asyncio.Task[Page | None] | None = None
         self._ended = False  # the last page was read
         self._decode = asyncio.Event()
-
-    def idle(self) -> None:
-        """The caller only waits on Redis: decode the page read ahead now."""
-        self._decode.set()
 
     async def next(self) -> Page | None:
         """The next page (read ahead, or now), None after the last; starts reading the one after."""

@@ -11,9 +11,13 @@ lets a triggered campaign hand batch after batch of users to its day's run (a us
 twice is messaged once; only a user who was suppressed the first time is decided, and counted,
 again).
 
-Batches follow each other strictly: the clock is read at the start of a batch, after the batch
-before is written. Only the next batch's read overlaps (`notifier.prefetch`): Redis reads it
-while this one is decided, and it is decoded while this one's write runs.
+Three batches are in flight at once, so that Redis, the index search and Python overlap on few
+cores: while batch N is decided (in a thread; the search releases the GIL), Redis applies the
+write of batch N-1 and reads batch N+1 (`notifier.prefetch`). Writes stay in order: batch N's
+is sent only after N-1's was applied, so a lease lost at N-1 stops the run before N writes, and
+the checkpoint only moves forward. A run stopped with a write in flight cancels it; the script
+is atomic, so the batch was written whole or not at all. Batches hold distinct users, so one
+batch's decisions never depend on the write before it.
 
 The run's hash (`Keys.campaign_run`) holds, besides `status`, `started` and `finished`, the
 checkpoint `position` and, for a run over explicit users, `users` and `trigger_events` (JSON),
@@ -205,13 +209,22 @@ class CampaignRunner:
             totals: Counter[str] = Counter()
             written = 0
             pages = Prefetch(self._pages(campaign.id, run_id, progress))
+            writing: asyncio.Task[None] | None = None  # the batch before, written meanwhile
             try:
                 while (page := await pages.next()) is not None:
                     ctx = replace(base, now=self._clock())
-                    counts, messages = await self._batch(ctx, page, token, windows, pages.idle)
+                    counts, messages = await self._decide(ctx, page)
+                    if writing is not None:
+                        await writing  # in order: a batch lost with the lease stops the run here
+                    writing = asyncio.ensure_future(
+                        self._commit(ctx, messages, counts, token, page.position, page.last, windows)
+                    )
                     totals.update(counts)
-                    written += messages
+                    written += len(messages)
+                if writing is not None:
+                    await writing
             finally:
+                await _stop(writing)
                 await pages.aclose()
         finally:
             await self._release(campaign.id, run_id, token)
@@ -230,20 +243,15 @@ class CampaignRunner:
             fetched = await segments.fetch_users(self._redis, self._keys, fresh, message_keys=message_keys)
             yield Fetched(position, last, fetched, ids)
 
-    async def _batch(
-        self, ctx: Context, page: Page, token: str, windows: Windows, idle: Callable[[], None]
-    ) -> tuple[Counter[str], int]:
-        """Decide and write one batch; returns its counters and the number of messages written.
-        `idle` is called when only the write remains to wait for."""
+    async def _decide(self, ctx: Context, page: Page) -> tuple[Counter[str], list[tuple[UserData, Message]]]:
+        """One batch's counters and messages (with their users), decided in a worker thread."""
         outcomes = await asyncio.to_thread(decide, page.users, ctx, explain=False)
-        counts = count(outcomes)
         written = [
             (outcome.user, _message(outcome, ctx, page.message_ids[outcome.user.user_id]))
             for outcome in outcomes
             if outcome.rendered
         ]
-        await self._commit(ctx, written, counts, token, page.position, page.last, windows, idle)
-        return counts, len(written)
+        return count(outcomes), written
 
     async def _commit(
         self,
@@ -254,10 +262,8 @@ class CampaignRunner:
         position: int,
         last: bool,
         windows: Windows,
-        idle: Callable[[], None],
     ) -> None:
-        """One atomic script (`batch_write.APPLY`), applied only while this process holds the run's lease;
-        `idle` is called once the script is ready to send."""
+        """One atomic script (`batch_write.APPLY`), applied only while this process holds the run's lease."""
         keys, campaign_id, run_id = self._keys, ctx.campaign.id, ctx.run_id
         lock = keys.campaign_run_lock(campaign_id, run_id)
         now = ctx.now.timestamp()
@@ -276,7 +282,6 @@ class CampaignRunner:
         pipe.hset(keys.campaign_run(campaign_id, run_id), mapping=checkpoint)
         pipe.pexpire(lock, self._lease_ms())
         command_keys, document = batch.encoded()
-        idle()
         with unavailable_as_error("write campaign batch"):
             applied = await self._apply(keys=[lock, *command_keys], args=[token, document])
         if not applied:
@@ -562,3 +567,14 @@ def _preview(outcome: Outcome, ctx: Context) -> Preview:
 
 def _events_from_json(document: str) -> dict[str, RecentEvent]:
     return {user: RecentEvent(**fields) for user, fields in json.loads(document).items()}
+
+
+async def _stop(writing: asyncio.Task[None] | None) -> None:
+    """Cancel a batch write still under way when a run stops early: the script is atomic, so it
+    was applied whole or not at all, and a resume starts after the last batch applied."""
+    if writing is None or writing.done():
+        return
+    writing.cancel()
+    await asyncio.wait([writing])  # raises only if this task itself is cancelled
+    if not writing.cancelled():
+        writing.exception()  # the run stopped for another reason, which is the news

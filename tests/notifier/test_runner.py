@@ -464,18 +464,21 @@ async def test_a_second_execution_of_a_running_run_is_refused(
     assert await aredis.get(keys.campaign_run_lock("spring", "r1")) == "another-process"
 
 
-class StealingClock(ManualClock):
-    """A clock that, once the outbox holds `after` messages, lets another process take the run's
-    lease (as after it lapsed): the runner reads the clock at the start of every batch."""
+def steal_lease_at_write(
+    runner: CampaignRunner, client: redis.Redis, lock: str, write: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Let another process take the run's lease (as after it lapsed) just before the runner's
+    `write`-th batch write reaches Redis."""
+    apply, calls = runner._apply, 0
 
-    def __init__(self, now: datetime, client: redis.Redis, keys: Keys, lock: str, after: int) -> None:
-        super().__init__(now)
-        self.client, self.keys, self.lock, self.after = client, keys, lock, after
+    async def stealing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == write:
+            client.set(lock, "another-process")
+        return await apply(*args, **kwargs)
 
-    def __call__(self) -> datetime:
-        if self.client.xlen(self.keys.outbox()) >= self.after:
-            self.client.set(self.lock, "another-process")
-        return self.now
+    monkeypatch.setattr(runner, "_apply", stealing)
 
 
 async def test_a_run_that_lost_its_lease_stops_and_is_resumed_later(
@@ -485,6 +488,7 @@ async def test_a_run_that_lost_its_lease_stops_and_is_resumed_later(
     store: Store,
     redis_client: redis.Redis,
     keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = shop_settings.model_copy(
         update={"notifier": shop_settings.notifier.model_copy(update={"batch_size": 2})}
@@ -494,10 +498,13 @@ async def test_a_run_that_lost_its_lease_stops_and_is_resumed_later(
     spring = campaign()
     await save(aredis, keys, spring)
     lock = keys.campaign_run_lock("spring", "r1")
-    thief = StealingClock(NOW, redis_client, keys, lock, after=2)  # once the first batch is written
+    losing = CampaignRunner(aredis, settings, models, clock=ManualClock(NOW))
+    steal_lease_at_write(losing, redis_client, lock, 2, monkeypatch)
     with pytest.raises(RunConflict):
-        await CampaignRunner(aredis, settings, models, clock=thief).run(spring, "r1", users=users)
-    assert len(await outbox_ids(aredis, keys)) == 2  # the first batch only
+        await losing.run(spring, "r1", users=users)
+    # The first batch only: the second found the lease gone, and the third, decided meanwhile,
+    # was never sent.
+    assert len(await outbox_ids(aredis, keys)) == 2
     runner = CampaignRunner(aredis, settings, models, clock=ManualClock(NOW))
     assert await runner.unfinished_runs() == []  # the other process holds the lease
     await aredis.delete(lock)  # ... until it lapses
@@ -507,3 +514,42 @@ async def test_a_run_that_lost_its_lease_stops_and_is_resumed_later(
     assert sorted(await outbox_ids(aredis, keys)) == sorted(mid("spring", "r1", u) for u in users)
     assert await run_stats(aredis, keys, "spring", "r1") == {"targeted": 6, "sent": 6}
     assert await runner.unfinished_runs() == []
+
+
+async def test_a_run_that_fails_while_a_batch_is_written_resumes_with_each_user_once(
+    aredis: aioredis.Redis,
+    shop_settings: Settings,
+    models: ModelHolder,
+    store: Store,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = shop_settings.model_copy(
+        update={"notifier": shop_settings.notifier.model_copy(update={"batch_size": 2})}
+    )
+    users = [f"gA-u{n}" for n in range(1, 7)]
+    await put_profiles(store, dict.fromkeys(users, REACHABLE))
+    spring = campaign()
+    await save(aredis, keys, spring)
+    decide, batches = runner_module.decide, 0
+
+    def failing_second(*args: Any, **kwargs: Any) -> Any:
+        nonlocal batches
+        batches += 1
+        if batches == 2:  # while the first batch's write is under way
+            raise RuntimeError("the model broke")
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "decide", failing_second)
+    runner = CampaignRunner(aredis, settings, models, clock=ManualClock(NOW))
+    with pytest.raises(RuntimeError, match="the model broke"):  # that error, not the write's fate
+        await runner.run(spring, "r1", users=users)
+    assert not await aredis.exists(keys.campaign_run_lock("spring", "r1"))  # nothing still writes
+    written = len(await outbox_ids(aredis, keys))
+    assert written in (0, 2)  # the first batch whole or not at all
+    assert int(await aredis.hget(keys.campaign_run("spring", "r1"), "position") or 0) == written
+    monkeypatch.setattr(runner_module, "decide", decide)
+    resumed = await runner.run(spring, "r1")
+    assert resumed.resumed and resumed.counts == {"targeted": 6 - written, "sent": 6 - written}
+    assert sorted(await outbox_ids(aredis, keys)) == sorted(mid("spring", "r1", u) for u in users)
+    assert await run_stats(aredis, keys, "spring", "r1") == {"targeted": 6, "sent": 6}
