@@ -21,13 +21,16 @@ from notifier.segments import UserData
 from recsvc.keys import Keys
 
 # Apply a batch's writes, atomically, only while the run's lease (KEYS[1]) holds this process's
-# token (ARGV[1]). ARGV[2] is the JSON list of the commands [name, key, arg, ...]; command i's
-# key is also declared as KEYS[i + 1]. One script instead of a MULTI/EXEC of seven commands a
-# message: redis-py's per-command work (packing, then a reply each for QUEUED) dominated runs.
+# token (ARGV[1]). ARGV[2] is the JSON list of the commands [name, key, arg, ...]. One script
+# instead of a MULTI/EXEC of seven commands a message: redis-py's per-command work (packing,
+# then a reply each for QUEUED) dominated runs. The commands' keys travel in the JSON, not as
+# KEYS: redis-py packs every KEYS argument in Python (about 1.5 us each, 35,000 a batch of
+# 5,000), and a batch spans many users' hash slots, so it could not run on a Redis Cluster
+# however its keys were declared.
 APPLY = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i, command in ipairs(cjson.decode(ARGV[2])) do
-  redis.call(command[1], KEYS[i + 1], unpack(command, 3))
+for _, command in ipairs(cjson.decode(ARGV[2])) do
+  redis.call(unpack(command))
 end
 return 1
 """
@@ -62,10 +65,9 @@ class BatchWrite(DataAccessCommands):
             raise TypeError(f"{args[0]}: arguments must be str or int (float only where Redis parses it)")
         self.commands.append(args)
 
-    def encoded(self) -> tuple[list[str], str]:
-        """The key of each command, and the commands as one JSON list (see `APPLY`)."""
-        command_keys = [command[1] for command in self.commands]
-        return command_keys, json.dumps(self.commands, ensure_ascii=False, separators=(",", ":"))
+    def encoded(self) -> str:
+        """The commands as one JSON list (see `APPLY`)."""
+        return json.dumps(self.commands, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

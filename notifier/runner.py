@@ -281,9 +281,9 @@ class CampaignRunner:
         stats.stage_counts(pipe, keys, campaign_id, run_id, counts)
         pipe.hset(keys.campaign_run(campaign_id, run_id), mapping=checkpoint)
         pipe.pexpire(lock, self._lease_ms())
-        command_keys, document = batch.encoded()
+        document = batch.encoded()
         with unavailable_as_error("write campaign batch"):
-            applied = await self._apply(keys=[lock, *command_keys], args=[token, document])
+            applied = await self._apply(keys=[lock], args=[token, document])
         if not applied:
             raise self._lost(campaign_id, run_id)
 

@@ -36,19 +36,22 @@ VIEW_TYPES = frozenset({"view", "add_to_cart"})
 _BUCKETS = 2**64
 READ_CHUNK = 1_000  # users per Lua call: a few milliseconds of Redis time each
 
-# KEYS: per user, profile, history, dismissed, pushes, pushed items (and message, if ARGV[1] is 6).
+# ARGV[2]: the JSON list of key names, per user: profile, history, dismissed, pushes, pushed
+# items (and message, if ARGV[1] is 6). Not KEYS: redis-py packs each KEYS argument in Python,
+# which cost more than Redis's reads (see `notifier.batch_write.APPLY`).
 _READ_USERS = """
 local per_user = tonumber(ARGV[1])
+local names = cjson.decode(ARGV[2])
 local users = {}
-for at = 1, #KEYS, per_user do
+for at = 1, #names, per_user do
   local user = {
-    redis.call('HGETALL', KEYS[at]),
-    redis.call('LRANGE', KEYS[at + 1], 0, -1),
-    redis.call('SMEMBERS', KEYS[at + 2]),
-    redis.call('ZRANGE', KEYS[at + 3], 0, -1, 'WITHSCORES'),
-    redis.call('HGETALL', KEYS[at + 4]),
+    redis.call('HGETALL', names[at]),
+    redis.call('LRANGE', names[at + 1], 0, -1),
+    redis.call('SMEMBERS', names[at + 2]),
+    redis.call('ZRANGE', names[at + 3], 0, -1, 'WITHSCORES'),
+    redis.call('HGETALL', names[at + 4]),
   }
-  if per_user == 6 then user[6] = redis.call('EXISTS', KEYS[at + 5]) end
+  if per_user == 6 then user[6] = redis.call('EXISTS', names[at + 5]) end
   users[#users + 1] = user
 end
 return users
@@ -165,7 +168,7 @@ async def fetch_users(
                     )
                     if message_keys is not None:
                         names.append(message_keys[position])
-                pipe.eval(_READ_USERS, len(names), *names, per_user)
+                pipe.eval(_READ_USERS, 0, per_user, json.dumps(names, ensure_ascii=False))
             forgotten_flags, *chunks = await pipe.execute()
     return FetchedUsers(user_ids, forgotten_flags, [reply for chunk in chunks for reply in chunk])
 

@@ -62,8 +62,7 @@ async def test_floats_reach_redis_exactly_where_redis_parses_them(
     assert ("ZADD", keys.user_pushes("u1"), due, "spring|r1") in batch.commands  # a float, accepted
     lock = keys.campaign_run_lock("spring", "r1")
     await aredis.set(lock, "token")
-    command_keys, document = batch.encoded()
-    applied = await aredis.register_script(APPLY)(keys=[lock, *command_keys], args=["token", document])
+    applied = await aredis.register_script(APPLY)(keys=[lock], args=["token", batch.encoded()])
     assert applied == 1
     assert await aredis.zscore(keys.user_pushes("u1"), "spring|r1") == due
     assert await aredis.zscore(keys.user_pushes("u1"), "other|r0") == 0.1

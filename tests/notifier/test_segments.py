@@ -339,13 +339,13 @@ async def test_fetched_users_decode_to_what_read_users_and_plain_reads_give(
     await aredis.hset(
         keys.user_pushed_items("full"), mapping={"a3": '{"m":"m0","t":100.0}', "a4": '{"m":"m1","t":7}'}
     )
-    await store.put_profile("bare", {"push_consent": False})
-    await aredis.hset(keys.message("m-bare"), "title", "x")
+    await store.put_profile("bäre🙂", {"push_consent": False})
+    await aredis.hset(keys.message("m-bäre🙂"), "title", "x")
     await store.put_profile("forgotten", {"push_consent": True, "devices": DEVICE})
     await store.forget_user("forgotten")
     await store.put_profile("points-only", {"attributes": {"points": 3}})
-    users = ["full", "bare", "forgotten", "absent", "points-only"]
-    message_keys = [keys.message("m-full"), keys.message("m-bare"), "no-such-message", "nope", "nope"]
+    users = ["full", "bäre🙂", "forgotten", "absent", "points-only"]
+    message_keys = [keys.message("m-full"), keys.message("m-bäre🙂"), "no-such-message", "nope", "nope"]
     for given in (message_keys, None):
         fetched = await segments.fetch_users(aredis, keys, users, message_keys=given)
         read = await segments.read_users(aredis, keys, users, message_keys=given)
