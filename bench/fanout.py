@@ -385,8 +385,8 @@ async def bench(args: argparse.Namespace) -> None:
     )
     print(f"ratio run / raw    {elapsed / raw:>12.2f}")
     seconds = stages.seconds
-    print("where the run's time went (stages overlap: Redis writes a batch and reads the next")
-    print("while the runner decides one):")
+    print("where the run's time went: wall time each stage was under way; stages overlap (Redis")
+    print("writes a batch and reads the next while the runner decides one), so they sum to more:")
     for name, value in (
         ("read users (Redis)", seconds["read"]),
         ("decode users", seconds["decode"]),
@@ -395,7 +395,6 @@ async def bench(args: argparse.Namespace) -> None:
         ("  templates", seconds["templates"]),
         ("  segment, rules, rest", seconds["decide"] - seconds["recommend_many"] - seconds["templates"]),
         ("write (one script)", seconds["write"]),
-        ("messages, scan, waits", elapsed - seconds["decide"] - seconds["write"]),
     ):
         print(f"  {name:<24}{value:>8.1f} s  {100 * value / elapsed:>5.1f}%")
     top = sorted(busy.items(), key=lambda pair: -pair[1])[:4]
