@@ -31,8 +31,11 @@ a batch keeps some 10^5 objects alive, which the default thresholds re-walk agai
 
 `preview` and `audience` go through the same functions as `run` and write nothing.
 
-Known limit: caps are read before a batch and written with it, so two campaigns running for the
-same user at the same instant may together exceed a cap by their overlap.
+Caps are read before a batch and written with it, so the runs one runner executes take turns
+(a scheduled run, a resumed one and a day's triggered pushes queue behind each other in the
+leader). Known limit: runs executed by two processes at once (`recsvc campaigns run` beside the
+scheduler's leader) may together exceed a cap by their overlap; the API's `POST .../run` queues
+its run for the leader instead.
 """
 
 from __future__ import annotations
@@ -178,6 +181,9 @@ class CampaignRunner:
         self._campaigns = CampaignStore(redis, settings, clock=clock, templates=self._templates)
         self._catalogs = CatalogCache()
         self._apply = redis.register_script(APPLY)  # EVALSHA: the script is sent once, not per batch
+        # Runs read a batch's caps before they write its pushes: two runs interleaved on one event
+        # loop would both see a user under a cap and both push. They take turns instead.
+        self._one_run_at_a_time = asyncio.Lock()
 
     # --- run --------------------------------------------------------------------------------------
 
@@ -198,6 +204,16 @@ class CampaignRunner:
         """
         if campaign.status != "active":
             return RunSummary(campaign.id, run_id, "paused", {}, 0, resumed=False)
+        async with self._one_run_at_a_time:
+            return await self._execute(campaign, run_id, users, trigger_events)
+
+    async def _execute(
+        self,
+        campaign: Campaign,
+        run_id: str,
+        users: Sequence[str] | None,
+        trigger_events: Mapping[str, RecentEvent] | None,
+    ) -> RunSummary:
         loaded = self._loaded()
         token = await self._acquire(campaign.id, run_id)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -553,3 +554,18 @@ async def test_a_run_that_fails_while_a_batch_is_written_resumes_with_each_user_
     assert resumed.resumed and resumed.counts == {"targeted": 6 - written, "sent": 6 - written}
     assert sorted(await outbox_ids(aredis, keys)) == sorted(mid("spring", "r1", u) for u in users)
     assert await run_stats(aredis, keys, "spring", "r1") == {"targeted": 6, "sent": 6}
+
+
+async def test_runs_started_together_in_one_process_share_a_daily_cap(
+    runner: CampaignRunner, store: Store, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    users = [f"gA-u{n}" for n in range(1, 5)]
+    await put_profiles(store, dict.fromkeys(users, REACHABLE))
+    once_a_day = {"max_per_day": 1, "quiet_start": "00:00", "quiet_end": "00:00", "item_repeat_days": 0}
+    first, second = campaign("first", rules=once_a_day), campaign("second", rules=once_a_day)
+    await save(aredis, keys, first, second)
+    summaries = await asyncio.gather(runner.run(first, "r1"), runner.run(second, "r1"))
+    assert sum(summary.counts.get("sent", 0) for summary in summaries) == len(users)
+    assert sum(summary.counts.get("suppressed:daily_cap", 0) for summary in summaries) == len(users)
+    for user in users:
+        assert await aredis.zcard(keys.user_pushes(user)) == 1
