@@ -465,6 +465,20 @@ async def test_a_second_execution_of_a_running_run_is_refused(
     assert await aredis.get(keys.campaign_run_lock("spring", "r1")) == "another-process"
 
 
+async def six_users_in_batches_of_two(
+    aredis: aioredis.Redis, shop_settings: Settings, store: Store, keys: Keys
+) -> tuple[Settings, list[str], Campaign]:
+    """Settings with batches of 2, six reachable users and the saved "spring" campaign."""
+    settings = shop_settings.model_copy(
+        update={"notifier": shop_settings.notifier.model_copy(update={"batch_size": 2})}
+    )
+    users = [f"gA-u{n}" for n in range(1, 7)]
+    await put_profiles(store, dict.fromkeys(users, REACHABLE))
+    spring = campaign()
+    await save(aredis, keys, spring)
+    return settings, users, spring
+
+
 def steal_lease_at_write(
     runner: CampaignRunner, client: redis.Redis, lock: str, write: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -491,13 +505,7 @@ async def test_a_run_that_lost_its_lease_stops_and_is_resumed_later(
     keys: Keys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = shop_settings.model_copy(
-        update={"notifier": shop_settings.notifier.model_copy(update={"batch_size": 2})}
-    )
-    users = [f"gA-u{n}" for n in range(1, 7)]
-    await put_profiles(store, dict.fromkeys(users, REACHABLE))
-    spring = campaign()
-    await save(aredis, keys, spring)
+    settings, users, spring = await six_users_in_batches_of_two(aredis, shop_settings, store, keys)
     lock = keys.campaign_run_lock("spring", "r1")
     losing = CampaignRunner(aredis, settings, models, clock=ManualClock(NOW))
     steal_lease_at_write(losing, redis_client, lock, 2, monkeypatch)
@@ -525,13 +533,7 @@ async def test_a_run_that_fails_while_a_batch_is_written_resumes_with_each_user_
     keys: Keys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = shop_settings.model_copy(
-        update={"notifier": shop_settings.notifier.model_copy(update={"batch_size": 2})}
-    )
-    users = [f"gA-u{n}" for n in range(1, 7)]
-    await put_profiles(store, dict.fromkeys(users, REACHABLE))
-    spring = campaign()
-    await save(aredis, keys, spring)
+    settings, users, spring = await six_users_in_batches_of_two(aredis, shop_settings, store, keys)
     decide, batches = runner_module.decide, 0
 
     def failing_second(*args: Any, **kwargs: Any) -> Any:
