@@ -3,7 +3,7 @@
 The runner stages a batch's writes (messages, the users' push records and pushed items, counters,
 the run's checkpoint, the lease's renewal) on a `BatchWrite`, which records them instead of
 sending them, then sends them as one `APPLY` call. The script applies them only while the run's
-lease still holds the runner's token, so a process that lost its lease writes nothing at all.
+leases still hold the runner's token, so a process that lost a lease writes nothing at all.
 """
 
 from __future__ import annotations
@@ -20,15 +20,18 @@ from notifier.messages import Message
 from notifier.segments import UserData
 from recsvc.keys import Keys
 
-# Apply a batch's writes, atomically, only while the run's lease (KEYS[1]) holds this process's
-# token (ARGV[1]). ARGV[2] is the JSON list of the commands [name, key, arg, ...]. One script
+# Apply a batch's writes, atomically, only while every lease in KEYS (the run's, and the
+# deployment's campaign writer) holds this execution's token (ARGV[1]). ARGV[2] is the JSON list
+# of the commands [name, key, arg, ...]. One script
 # instead of a MULTI/EXEC of seven commands a message: redis-py's per-command work (packing,
 # then a reply each for QUEUED) dominated runs. The commands' keys travel in the JSON, not as
 # KEYS: redis-py packs every KEYS argument in Python (about 1.5 us each, 35,000 a batch of
 # 5,000), and a batch spans many users' hash slots, so it could not run on a Redis Cluster
 # however its keys were declared.
 APPLY = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for _, lease in ipairs(KEYS) do
+  if redis.call('GET', lease) ~= ARGV[1] then return 0 end
+end
 for _, command in ipairs(cjson.decode(ARGV[2])) do
   redis.call(unpack(command))
 end

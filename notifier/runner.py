@@ -31,21 +31,21 @@ a batch keeps some 10^5 objects alive, which the default thresholds re-walk agai
 
 `preview` and `audience` go through the same functions as `run` and write nothing.
 
-Caps are read before a batch and written with it, so the runs one runner executes take turns
-(a scheduled run, a resumed one and a day's triggered pushes queue behind each other in the
-leader). Known limit: runs executed by two processes at once (`recsvc campaigns run` beside the
-scheduler's leader) may together exceed a cap by their overlap; the API's `POST .../run` queues
-its run for the leader instead.
+Caps are read before a batch and written with it, so runs take turns, in a process (a lock)
+and across the deployment (the writer lease `Keys.campaign_writer`, fenced like the run's lease
+by every batch write): two runs due at once, or a `recsvc campaigns run` beside the scheduler,
+cannot both push a user past a cap. A run waits while another process's run writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import secrets
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -75,11 +75,17 @@ EXACT_AUDIENCE_MAX = 100_000  # above this many profiles, `audience` estimates f
 AUDIENCE_SAMPLE = 20_000
 TRENDING_MARGIN = 50  # trending items fetched beyond k, for users whose exclusions remove some
 
-# Delete the lease only if this process still holds it.
+WRITER_POLL_SECONDS = 1.0  # how often a run waiting for another process's run asks again
+
+# Delete each lease in KEYS that this execution still holds.
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+for _, lease in ipairs(KEYS) do
+  if redis.call('GET', lease) == ARGV[1] then redis.call('DEL', lease) end
+end
 return 0
 """
+
+log = logging.getLogger(__name__)
 
 
 def manual_run_id(moment: datetime) -> str:
@@ -170,19 +176,21 @@ class CampaignRunner:
         *,
         clock: Callable[[], datetime] = utc_now,
         templates: Templates | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._redis = redis
         self._settings = settings
         self._models = models
         self._clock = clock
+        self._sleep = sleep
         self._templates = templates or Templates()
         self._keys = Keys(settings.redis.prefix)
         self._store = Store(redis, settings, clock=clock)
         self._campaigns = CampaignStore(redis, settings, clock=clock, templates=self._templates)
         self._catalogs = CatalogCache()
         self._apply = redis.register_script(APPLY)  # EVALSHA: the script is sent once, not per batch
-        # Runs read a batch's caps before they write its pushes: two runs interleaved on one event
-        # loop would both see a user under a cap and both push. They take turns instead.
+        # Runs read a batch's caps before they write its pushes, so runs take turns: in this
+        # process by this lock, across processes by the writer lease (`Keys.campaign_writer`).
         self._one_run_at_a_time = asyncio.Lock()
 
     # --- run --------------------------------------------------------------------------------------
@@ -296,18 +304,26 @@ class CampaignRunner:
             stage_records(pipe, keys, user, message, now, windows)
         stats.stage_counts(pipe, keys, campaign_id, run_id, counts)
         pipe.hset(keys.campaign_run(campaign_id, run_id), mapping=checkpoint)
-        pipe.pexpire(lock, self._lease_ms())
+        leases = [lock, keys.campaign_writer()]
+        for lease in leases:
+            pipe.pexpire(lease, self._lease_ms())
         document = batch.encoded()
         with unavailable_as_error("write campaign batch"):
-            applied = await self._apply(keys=[lock], args=[token, document])
+            applied = await self._apply(keys=leases, args=[token, document])
         if not applied:
             raise self._lost(campaign_id, run_id)
 
     async def _acquire(self, campaign_id: str, run_id: str) -> str:
-        token = secrets.token_hex(12)
+        """The token of this execution, once it holds the writer lease and the run's lease.
+
+        The writer lease comes first, waited for while another process's run holds it: a run
+        that held its own lease while waiting could see it lapse, and be resumed meanwhile."""
+        token = f"{campaign_id}/{run_id}/{secrets.token_hex(8)}"
+        await self._await_writer(token)
         lock = self._keys.campaign_run_lock(campaign_id, run_id)
         with unavailable_as_error("lock campaign run"):
             if not await self._redis.set(lock, token, nx=True, px=self._lease_ms()):
+                await self._release(campaign_id, run_id, token)
                 raise RunConflict(
                     f"run {run_id!r} of campaign {campaign_id!r} is already being executed",
                     campaign_id=campaign_id,
@@ -315,9 +331,22 @@ class CampaignRunner:
                 )
         return token
 
+    async def _await_writer(self, token: str) -> None:
+        writer, waiting = self._keys.campaign_writer(), False
+        while True:
+            with unavailable_as_error("lock campaign writes"):
+                if await self._redis.set(writer, token, nx=True, px=self._lease_ms()):
+                    return
+                holder = await self._redis.get(writer)
+            if not waiting:
+                log.info("run %s waits for run %s, executing in another process", token, holder)
+                waiting = True
+            await self._sleep(WRITER_POLL_SECONDS)
+
     async def _release(self, campaign_id: str, run_id: str, token: str) -> None:
+        leases = [self._keys.campaign_run_lock(campaign_id, run_id), self._keys.campaign_writer()]
         with unavailable_as_error("unlock campaign run"):
-            await self._redis.eval(_RELEASE, 1, self._keys.campaign_run_lock(campaign_id, run_id), token)
+            await self._redis.eval(_RELEASE, len(leases), *leases, token)
 
     def _lost(self, campaign_id: str, run_id: str) -> RunConflict:
         return RunConflict(

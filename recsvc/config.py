@@ -244,7 +244,7 @@ class NotifierConfig(Section):
     default_timezone: str = "UTC"
     batch_size: int = Field(default=5_000, ge=1)
     message_ttl_days: float = Field(default=30.0, gt=0.0)
-    run_lock_seconds: float = Field(default=300.0, gt=0.0)
+    run_lock_seconds: float = Field(default=60.0, gt=0.0)
     rules: PushRules = Field(default_factory=PushRules)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     providers: ProvidersConfig = Field(default_factory=ProvidersConfig)

@@ -169,6 +169,13 @@ class Keys:
         """Lease of the one process executing a run. TTL: `notifier.run_lock_seconds`."""
         return f"{self.prefix}:campaign:{campaign_id}:run:{run_id}:lock"
 
+    def campaign_writer(self) -> str:
+        """Lease of the one run in the whole deployment that decides and writes pushes now: runs
+        read a batch's caps before they write its pushes, so two at once could both push a user
+        past a cap. Holds the run's token. TTL: `notifier.run_lock_seconds`, renewed by every
+        batch write."""
+        return f"{self.prefix}:campaign-writer"
+
     def campaign_stats(self, campaign_id: str, run_id: str | None = None) -> str:
         """Hash counter name -> count, of one run or (run None) of all runs together.
 

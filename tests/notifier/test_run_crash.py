@@ -123,8 +123,9 @@ async def test_a_killed_run_resumed_sends_each_user_exactly_once(
     assert await aredis.hget(keys.campaign_run(crash.id, RUN), "status") == "running"
 
     runner = CampaignRunner(aredis, shop_settings, models, clock=ManualClock(NOW))
-    assert await runner.unfinished_runs() == []  # the dead child's lease has not lapsed yet
-    await aredis.delete(keys.campaign_run_lock(crash.id, RUN))  # ... now it has
+    assert await runner.unfinished_runs() == []  # the dead child's leases have not lapsed yet
+    assert str(await aredis.get(keys.campaign_writer())).startswith(f"{crash.id}/{RUN}/")
+    await aredis.delete(keys.campaign_run_lock(crash.id, RUN), keys.campaign_writer())  # ... now they have
     assert await runner.unfinished_runs() == [(crash.id, RUN)]
     summary = await runner.run(crash, RUN)
     assert summary.resumed and summary.counts["sent"] == len(ELIGIBLE) - before

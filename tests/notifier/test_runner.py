@@ -496,7 +496,9 @@ def steal_lease_at_write(
     monkeypatch.setattr(runner, "_apply", stealing)
 
 
+@pytest.mark.parametrize("lease", ["run", "writer"])
 async def test_a_run_that_lost_its_lease_stops_and_is_resumed_later(
+    lease: str,
     aredis: aioredis.Redis,
     shop_settings: Settings,
     models: ModelHolder,
@@ -506,7 +508,7 @@ async def test_a_run_that_lost_its_lease_stops_and_is_resumed_later(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings, users, spring = await six_users_in_batches_of_two(aredis, shop_settings, store, keys)
-    lock = keys.campaign_run_lock("spring", "r1")
+    lock = keys.campaign_run_lock("spring", "r1") if lease == "run" else keys.campaign_writer()
     losing = CampaignRunner(aredis, settings, models, clock=ManualClock(NOW))
     steal_lease_at_write(losing, redis_client, lock, 2, monkeypatch)
     with pytest.raises(RunConflict):
@@ -515,8 +517,7 @@ async def test_a_run_that_lost_its_lease_stops_and_is_resumed_later(
     # was never sent.
     assert len(await outbox_ids(aredis, keys)) == 2
     runner = CampaignRunner(aredis, settings, models, clock=ManualClock(NOW))
-    assert await runner.unfinished_runs() == []  # the other process holds the lease
-    await aredis.delete(lock)  # ... until it lapses
+    await aredis.delete(lock)  # until the other process's lease lapses
     assert await runner.unfinished_runs() == [("spring", "r1")]
     resumed = await runner.run(spring, "r1")  # the stored user list, from the stored position
     assert resumed.resumed and resumed.counts == {"targeted": 4, "sent": 4}
@@ -571,3 +572,47 @@ async def test_runs_started_together_in_one_process_share_a_daily_cap(
     assert sum(summary.counts.get("suppressed:daily_cap", 0) for summary in summaries) == len(users)
     for user in users:
         assert await aredis.zcard(keys.user_pushes(user)) == 1
+
+
+async def test_runs_of_two_processes_started_together_share_a_daily_cap(
+    aredis: aioredis.Redis, shop_settings: Settings, models: ModelHolder, store: Store, keys: Keys
+) -> None:
+    users = [f"gA-u{n}" for n in range(1, 5)]
+    await put_profiles(store, dict.fromkeys(users, REACHABLE))
+    once_a_day = {"max_per_day": 1, "quiet_start": "00:00", "quiet_end": "00:00", "item_repeat_days": 0}
+    first, second = campaign("first", rules=once_a_day), campaign("second", rules=once_a_day)
+    await save(aredis, keys, first, second)
+    waits: list[float] = []
+
+    async def poll_again(seconds: float) -> None:  # no time passes; the other run gets its turn
+        waits.append(seconds)
+        await asyncio.sleep(0)
+
+    one, other = (
+        CampaignRunner(aredis, shop_settings, models, clock=ManualClock(NOW), sleep=poll_again)
+        for _ in range(2)
+    )  # separate runners: nothing but Redis in common, as two processes
+    summaries = await asyncio.gather(one.run(first, "r1"), other.run(second, "r1"))
+    assert waits  # one of them waited for the other
+    assert sum(summary.counts.get("sent", 0) for summary in summaries) == len(users)
+    assert sum(summary.counts.get("suppressed:daily_cap", 0) for summary in summaries) == len(users)
+    assert not await aredis.exists(keys.campaign_writer())
+
+
+async def test_a_run_waits_for_another_processes_run_before_it_starts(
+    aredis: aioredis.Redis, shop_settings: Settings, models: ModelHolder, store: Store, keys: Keys
+) -> None:
+    await put_profiles(store, {"gA-u1": REACHABLE})
+    spring = campaign()
+    await save(aredis, keys, spring)
+    await aredis.set(keys.campaign_writer(), "other/r9/token")
+    seen_while_waiting: list[bool] = []
+
+    async def other_run_finishes(_: float) -> None:
+        seen_while_waiting.append(bool(await aredis.exists(keys.campaign_run("spring", "r1"))))
+        await aredis.delete(keys.campaign_writer())
+
+    runner = CampaignRunner(aredis, shop_settings, models, clock=ManualClock(NOW), sleep=other_run_finishes)
+    summary = await runner.run(spring, "r1")
+    assert seen_while_waiting == [False]  # it waited once, before starting anything
+    assert summary.counts == {"targeted": 1, "sent": 1}
