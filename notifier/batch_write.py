@@ -22,12 +22,11 @@ from recsvc.keys import Keys
 
 # Apply a batch's writes, atomically, only while every lease in KEYS (the run's, and the
 # deployment's campaign writer) holds this execution's token (ARGV[1]). ARGV[2] is the JSON list
-# of the commands [name, key, arg, ...]. One script
-# instead of a MULTI/EXEC of seven commands a message: redis-py's per-command work (packing,
-# then a reply each for QUEUED) dominated runs. The commands' keys travel in the JSON, not as
-# KEYS: redis-py packs every KEYS argument in Python (about 1.5 us each, 35,000 a batch of
-# 5,000), and a batch spans many users' hash slots, so it could not run on a Redis Cluster
-# however its keys were declared.
+# of the commands [name, key, arg, ...]. One script instead of a MULTI/EXEC of seven commands a
+# message: redis-py's per-command work (packing, then a reply each for QUEUED) dominated runs.
+# The commands' keys travel in the JSON, not as KEYS: redis-py packs every KEYS argument in
+# Python (about 1.5 us each, 35,000 a batch of 5,000), and a batch spans many users' hash slots,
+# so it could not run on a Redis Cluster however its keys were declared.
 APPLY = """
 for _, lease in ipairs(KEYS) do
   if redis.call('GET', lease) ~= ARGV[1] then return 0 end

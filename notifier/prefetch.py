@@ -1,7 +1,7 @@
 """A campaign run's pages, each read from Redis while the run decides and writes the one before.
 
-A run is CPU-bound in Python on one core while Redis waits, then waits while Redis reads; the
-read-ahead lets the two overlap, and only the read: batches still follow each other strictly.
+A run is CPU-bound in Python while Redis waits, then waits while Redis reads; the read-ahead
+lets the two overlap (the runner overlaps the previous batch's write the same way).
 """
 
 from __future__ import annotations
