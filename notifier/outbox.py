@@ -113,6 +113,11 @@ def backoff_seconds(delivery: DeliveryConfig, attempt: int, retry_after: float |
 def stage_retry(pipe: Any, keys: Keys, message_id: str, *, attempts: int, due: float, error: str) -> None:
     """Add the commands that schedule another attempt of a message at `due` (unix s) to a MULTI."""
     pipe.hset(keys.message(message_id), mapping={"attempts": str(attempts), "error": error})
+    stage_later(pipe, keys, message_id, due)
+
+
+def stage_later(pipe: Any, keys: Keys, message_id: str, due: float) -> None:
+    """Add the command that queues a message again at `due` (unix s) to a MULTI."""
     pipe.zadd(keys.outbox_delayed(), {message_id: due})
 
 

@@ -42,6 +42,7 @@ MIN_GAP = "min_gap"
 NO_ITEMS = "no_items"  # nothing left to recommend after filters and the no-repeat rule
 TEMPLATE_ERROR = "template_error"  # the template failed for this user's data
 FORGOTTEN = "forgotten"
+EXPIRED = "expired"  # not sent within `delivery.max_delay_hours` after it fell due
 
 OUTCOMES = (TARGETED, SENT, DELIVERED, FAILED, OPENED, CLICKED, CONVERTED, DEFERRED)
 

@@ -7,7 +7,9 @@ to every device of its user, a bounded number of messages at a time, under the p
 limit shared by all workers (`notifier.ratelimit`).
 
 The user's profile is read at send time, not when the campaign ran: consent withdrawn, the user
-forgotten, or devices removed since then all stop the push. Those messages are suppressions,
+forgotten, or devices removed since then all stop the push. A push that comes to a worker in
+its user's quiet hours waits for their end again, and one too late is dropped as `expired`
+(`notifier.send_window`). Those messages are suppressions,
 not delivery failures: they are counted `suppressed:<reason>` like the campaign run's own
 suppressions (status `failed`, field `error` = the reason), so `failed` keeps meaning what the
 provider refused. A forgotten user's message is deleted outright: it holds their data.
@@ -46,6 +48,8 @@ from notifier import outbox, stats
 from notifier.messages import FAILED, QUEUED, SENT, Message
 from notifier.providers import Outcome, Provider, Push, SendResult, build_provider
 from notifier.ratelimit import RateLimiter
+from notifier.send_window import SendWindow
+from notifier.store import CampaignStore
 from recsvc.config import Settings
 from recsvc.keys import Keys
 from recsvc.redis_conn import RedisUnavailable, connect_async, unavailable_as_error
@@ -79,6 +83,7 @@ FAILED_TALLY = "failed"
 RETRIED = "retried"
 DEAD = "dead"
 SUPPRESSED = "suppressed"
+HELD = "held"  # reached a worker in its user's quiet hours: queued again for their end
 SKIPPED = "skipped"  # an entry with no message to send: expired, already finished, or malformed
 DEVICES_REMOVED = "devices_removed"
 # The campaign counters each verdict adds (a dead letter is a failure for the statistics).
@@ -124,6 +129,7 @@ class DeliveryWorker:
             redis, self._keys.provider_rate(provider.name), provider.rate_per_second, clock=clock
         )
         self._remove_device = redis.register_script(_REMOVE_DEVICE_IF_TOKEN)
+        self._window = SendWindow(CampaignStore(redis, settings), settings)
         self._next_reclaim = float("-inf")
         self._logged: Counter[str] = Counter()
         self._next_summary = float("-inf")
@@ -219,6 +225,13 @@ class DeliveryWorker:
         reason = _suppression(forgotten, profile, devices)
         if reason is not None:
             await self._suppress(entry, message, reason)
+            return
+        hold = await self._window.hold(message, profile, self._now())
+        if hold is not None:
+            if hold.until is None:
+                await self._suppress(entry, message, stats.EXPIRED)
+            else:
+                await self._hold_until(entry, message, hold.until)
             return
         sends = [self._send(message, device_id, token, platform) for device_id, token, platform in devices]
         await self._settle(entry, message, attempts, await asyncio.gather(*sends))
@@ -333,6 +346,15 @@ class DeliveryWorker:
                 outbox.stage_finish(pipe, keys, entry)
                 await pipe.execute()
         self.tally[SUPPRESSED] += 1
+
+    async def _hold_until(self, entry: outbox.Entry, message: Message, due: float) -> None:
+        """Queue the message again for `due` (the end of its user's quiet hours), still `queued`."""
+        with unavailable_as_error("delivery hold"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                outbox.stage_later(pipe, self._keys, message.message_id, due)
+                outbox.stage_finish(pipe, self._keys, entry)
+                await pipe.execute()
+        self.tally[HELD] += 1
 
     async def _finish(self, entry: outbox.Entry, *, tally: str) -> None:
         with unavailable_as_error("delivery finish"):

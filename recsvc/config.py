@@ -192,6 +192,7 @@ class DeliveryConfig(Section):
     claim_idle_seconds: float = Field(default=300.0, gt=0.0)
     read_count: int = Field(default=100, ge=1)
     block_seconds: float = Field(default=1.0, gt=0.0)
+    max_delay_hours: float = Field(default=24.0, ge=0.0)
 
 
 class FcmConfig(Section):

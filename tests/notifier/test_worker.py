@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -27,7 +27,7 @@ from delivery_support import (
 )
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from runner_support import message_of, run_stats
+from runner_support import campaign, message_of, run_stats
 from shop import NOW, ManualClock
 
 from notifier import stats
@@ -37,7 +37,7 @@ from notifier.worker import DELIVERED, REDIS_RETRY_SECONDS, DeliveryWorker, run_
 from recsvc.config import Settings
 from recsvc.keys import DELIVERY_GROUP, Keys
 from recsvc.redis_conn import RedisUnavailable
-from recsvc.state import Store, profile_changes
+from recsvc.state import Store, profile_changes, utc_now
 
 pytestmark = pytest.mark.anyio
 
@@ -282,6 +282,59 @@ async def test_delayed_message_is_sent_once_due_and_not_before(delivery: Deliver
     assert await delivery.counters() == {stats.DELIVERED: 1}
 
 
+async def test_a_push_reaching_a_worker_at_night_waits_for_the_users_morning(delivery: Delivery) -> None:
+    await delivery.store.put_profile(
+        "gA-u1", {"push_consent": True, "devices": devices("tok-phone"), "timezone": "Europe/Berlin"}
+    )
+    # The campaign's own quiet hours (22:00-07:00), not the global ones (21:00-08:00).
+    night = campaign("spring", rules={"quiet_start": "22:00", "quiet_end": "07:00"})
+    await delivery.aredis.hset(delivery.keys.campaigns(), night.id, night.model_dump_json())
+    message = await delivery.queue("gA-u1")  # due at 13:00 in Berlin; the workers were down
+    morning = datetime(2024, 2, 2, 6, 0, tzinfo=UTC)  # 07:00 in Berlin
+    worker = delivery.worker()
+
+    delivery.clock.now = datetime(2024, 2, 1, 21, 30, tzinfo=UTC)  # 22:30 in Berlin
+    await worker.run(burst=True)
+    assert delivery.receiver.server.requests == []
+    assert (await delivery.message_state(message))["status"] == "queued"
+    assert (
+        await delivery.aredis.zscore(delivery.keys.outbox_delayed(), message.message_id)
+        == morning.timestamp()
+    )
+    await delivery.assert_outbox_empty()
+
+    delivery.clock.now = morning - timedelta(seconds=1)
+    await worker.run(burst=True)
+    assert delivery.receiver.server.requests == []
+
+    delivery.clock.now = morning
+    await worker.run(burst=True)
+    assert delivery.receiver.delivered_keys() == [f"{message.message_id}:d0"]
+    assert await delivery.counters() == {stats.DELIVERED: 1}
+
+
+@pytest.mark.parametrize(("max_delay_hours", "expired"), [(24.0, True), (0.0, False)])
+async def test_a_push_later_than_max_delay_hours_is_dropped_as_expired(
+    delivery: Delivery, max_delay_hours: float, expired: bool
+) -> None:
+    await delivery.user("gA-u1", "tok-phone")
+    message = await delivery.queue("gA-u1")  # due at NOW (noon in UTC, the user's zone)
+    worker = delivery.worker(settings=with_delivery(delivery.settings, max_delay_hours=max_delay_hours))
+
+    delivery.clock.now = NOW + timedelta(days=1, seconds=1)  # noon again, a day and a second late
+    await worker.run(burst=True)
+
+    await delivery.assert_outbox_empty()
+    if expired:
+        assert delivery.receiver.server.requests == []
+        state = await delivery.message_state(message)
+        assert (state["status"], state["error"]) == ("failed", "expired")
+        assert await delivery.counters() == {stats.suppressed(stats.EXPIRED): 1}
+    else:  # 0: never too late
+        assert delivery.receiver.delivered_keys() == [f"{message.message_id}:d0"]
+        assert await delivery.counters() == {stats.DELIVERED: 1}
+
+
 async def test_two_workers_never_deliver_the_same_message_twice(delivery: Delivery) -> None:
     expected = []
     for n in range(30):
@@ -377,11 +430,16 @@ async def test_run_returns_once_stopped_after_finishing_the_batch(delivery: Deli
 async def test_run_worker_with_the_log_provider(
     aredis: aioredis.Redis, shop_settings: Settings, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # `run_worker` keeps the wall clock: a push due now, with quiet hours off (whatever the hour).
+    rules = shop_settings.notifier.rules.model_copy(update={"quiet_start": "00:00", "quiet_end": "00:00"})
+    settings = shop_settings.model_copy(
+        update={"notifier": shop_settings.notifier.model_copy(update={"rules": rules})}
+    )
     await store.put_profile("gA-u1", {"push_consent": True, "devices": devices("tok-phone")})
-    await queue_message(aredis, shop_settings, "gA-u1", now=NOW, title="Back in stock")
+    await queue_message(aredis, settings, "gA-u1", now=utc_now(), title="Back in stock")
 
     with caplog.at_level(logging.INFO):
-        await run_worker(shop_settings, burst=True)
+        await run_worker(settings, burst=True)
 
     pushes = [record.getMessage() for record in caplog.records if record.name == "recsvc.push"]
     assert len(pushes) == 1 and "gA-u1" in pushes[0] and "'Back in stock'" in pushes[0]

@@ -1,0 +1,66 @@
+"""Whether a queued push may go out now, judged again at send time: not too late, not at night.
+
+A run decides when each push falls due, but delivery can come later than that: workers were
+down, a backlog waits under the provider's rate limit, a retry backs off for an hour. A push
+that reaches a worker during its user's quiet hours (a retry at 22:20, a backlog worked off at
+3 am) waits for the morning again, and one more than `delivery.max_delay_hours` late is dropped
+as `expired`: "today only" is wrong tomorrow, and a late push is worse than none.
+
+Quiet hours are the campaign's effective rules (read once a minute per campaign; the pushes of a
+campaign deleted meanwhile follow the global rules) in the timezone the user's profile has now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from notifier import rules
+from notifier.messages import Message
+from notifier.store import CampaignStore
+from recsvc.config import PushRules, Settings
+from recsvc.errors import NotFoundError
+
+RULES_CACHE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a push must not go out now: `until` (unix s) it waits for, or None when it expired."""
+
+    until: float | None
+
+
+class SendWindow:
+    """Judges queued pushes at send time for one worker; keeps campaigns' rules for a minute."""
+
+    def __init__(self, campaigns: CampaignStore, settings: Settings) -> None:
+        self._campaigns = campaigns
+        self._defaults = settings.notifier.rules
+        self._default_zone = settings.notifier.default_timezone
+        self._max_delay = settings.notifier.delivery.max_delay_hours * 3600.0
+        self._rules: dict[str, tuple[PushRules, float]] = {}  # campaign id -> (rules, read at)
+
+    async def hold(self, message: Message, profile: Mapping[str, Any] | None, now: float) -> Hold | None:
+        """None if `message` may be sent at `now`; else why not (see `Hold`)."""
+        if self._max_delay and now - message.due > self._max_delay:
+            return Hold(until=None)
+        zone = rules.user_zone((profile or {}).get("timezone"), self._default_zone)
+        campaign_rules = await self._campaign_rules(message.campaign_id, now)
+        instant = datetime.fromtimestamp(now, UTC)
+        if not rules.in_quiet_hours(instant, campaign_rules, zone):
+            return None
+        return Hold(until=rules.after_quiet_hours(instant, campaign_rules, zone).timestamp())
+
+    async def _campaign_rules(self, campaign_id: str, now: float) -> PushRules:
+        cached = self._rules.get(campaign_id)
+        if cached is not None and now - cached[1] < RULES_CACHE_SECONDS:
+            return cached[0]
+        try:
+            effective = (await self._campaigns.get(campaign_id)).effective_rules(self._defaults)
+        except NotFoundError:
+            effective = self._defaults
+        self._rules[campaign_id] = (effective, now)
+        return effective
