@@ -45,7 +45,8 @@ class SendWindow:
 
     async def hold(self, message: Message, profile: Mapping[str, Any] | None, now: float) -> Hold | None:
         """None if `message` may be sent at `now`; else why not (see `Hold`)."""
-        if self._max_delay and now - message.due > self._max_delay:
+        expires_at = self.expires_at(message)
+        if expires_at is not None and now > expires_at:
             return Hold(until=None)
         zone = rules.user_zone((profile or {}).get("timezone"), self._default_zone)
         campaign_rules = await self._campaign_rules(message.campaign_id, now)
@@ -53,6 +54,10 @@ class SendWindow:
         if not rules.in_quiet_hours(instant, campaign_rules, zone):
             return None
         return Hold(until=rules.after_quiet_hours(instant, campaign_rules, zone).timestamp())
+
+    def expires_at(self, message: Message) -> float | None:
+        """When `message` is too late to send (unix s); None when it never is."""
+        return message.due + self._max_delay if self._max_delay else None
 
     async def _campaign_rules(self, campaign_id: str, now: float) -> PushRules:
         cached = self._rules.get(campaign_id)

@@ -260,6 +260,7 @@ class DeliveryWorker:
             body=message.body,
             deep_link=message.deep_link,
             items=message.items,
+            expires_at=self._window.expires_at(message),
         )
         while (wait := await self._limiter.acquire()) > 0:
             await self._sleep(wait)

@@ -38,6 +38,9 @@ class Push:
     body: str
     deep_link: str | None
     items: tuple[str, ...]
+    # Unix s after which the push is worthless: providers ask the platform to drop it then rather
+    # than deliver it late to a device that was offline (None: no limit).
+    expires_at: float | None = None
 
     @property
     def data(self) -> dict[str, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -105,14 +106,18 @@ class FcmProvider:
         return self._classify(response)
 
     def message(self, push: Push) -> dict[str, Any]:
-        """The JSON body of one send request."""
-        return {
-            "message": {
-                "token": push.token,
-                "notification": {"title": push.title, "body": push.body},
-                "data": push.data,
-            }
+        """The JSON body of one send request; with `expires_at`, Android's TTL and APNs'
+        expiration say when FCM and Apple stop trying a device that is offline."""
+        message: dict[str, Any] = {
+            "token": push.token,
+            "notification": {"title": push.title, "body": push.body},
+            "data": push.data,
         }
+        if push.expires_at is not None:
+            ttl = max(0, math.floor(push.expires_at - self._clock().timestamp()))
+            message["android"] = {"ttl": f"{ttl}s"}
+            message["apns"] = {"headers": {"apns-expiration": str(math.floor(push.expires_at))}}
+        return {"message": message}
 
     async def _post(self, push: Push, token: str) -> httpx.Response:
         return await self._http.post(

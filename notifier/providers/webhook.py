@@ -51,6 +51,7 @@ def payload(push: Push) -> dict[str, object]:
         "deep_link": push.deep_link,
         "items": list(push.items),
         "campaign": push.campaign_id,
+        "expires_at": push.expires_at,
     }
 
 

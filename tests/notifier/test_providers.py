@@ -123,6 +123,22 @@ async def test_fcm_sends_v1_message_with_token_from_the_jwt_bearer_grant(
     }
 
 
+async def test_fcm_tells_android_and_apns_when_a_push_expires(
+    settings: Settings, fcm: FakeFcm, tmp_path: Path, private_key: rsa.RSAPrivateKey, http: httpx.AsyncClient
+) -> None:
+    clock = ManualClock(NOW)
+    provider = build_provider(fcm_settings(settings, fcm, tmp_path, private_key), http, clock=clock)
+    expires_at = NOW.timestamp() + 3600.5  # an hour and a half second from the provider's now
+
+    assert (
+        await provider.send(dataclasses.replace(PUSH, expires_at=expires_at))
+    ).outcome is Outcome.DELIVERED
+
+    message = fcm.sends[0].json()["message"]
+    assert message["android"] == {"ttl": "3600s"}  # whole seconds, never past the expiry
+    assert message["apns"] == {"headers": {"apns-expiration": str(int(NOW.timestamp()) + 3600)}}
+
+
 async def test_fcm_caches_the_access_token(fcm_provider: FcmProvider, fcm: FakeFcm) -> None:
     for token in ("t1", "t2", "t3"):
         assert (await fcm_provider.send(to(token))).outcome is Outcome.DELIVERED
@@ -305,7 +321,8 @@ def webhook(settings: Settings, receiver: WebhookReceiver, http: httpx.AsyncClie
 
 
 async def test_webhook_posts_signed_json(webhook: WebhookProvider, receiver: WebhookReceiver) -> None:
-    result = await webhook.send(PUSH)
+    expires_at = NOW.timestamp() + 3600.5
+    result = await webhook.send(dataclasses.replace(PUSH, expires_at=expires_at))
 
     assert result.outcome is Outcome.DELIVERED
     assert receiver.rejected == []  # the receiver verified the HMAC of the raw body
@@ -323,6 +340,7 @@ async def test_webhook_posts_signed_json(webhook: WebhookProvider, receiver: Web
         "deep_link": "shop://items/a1",
         "items": ["a1", "a2", "a3"],
         "campaign": "spring",
+        "expires_at": expires_at,
     }
 
 

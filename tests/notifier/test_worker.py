@@ -102,6 +102,8 @@ async def test_delivers_to_every_device_and_counts_delivered_once(delivery: Deli
     receiver = delivery.receiver
     assert sorted(receiver.delivered_keys()) == [f"{message.message_id}:d0", f"{message.message_id}:d1"]
     assert {request.json()["title"] for request in receiver.deliveries} == {"Picked for you"}
+    max_delay = delivery.settings.notifier.delivery.max_delay_hours * 3600  # expires that long after due
+    assert {request.json()["expires_at"] for request in receiver.deliveries} == {message.due + max_delay}
     state = await delivery.message_state(message)
     assert (state["status"], state["attempts"]) == ("sent", "1")
     assert await delivery.counters() == {stats.DELIVERED: 1}
