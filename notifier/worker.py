@@ -44,7 +44,7 @@ import httpx
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from notifier import outbox, stats
+from notifier import outbox, rules, stats
 from notifier.messages import FAILED, QUEUED, SENT, Message
 from notifier.providers import Outcome, Provider, Push, SendResult, build_provider
 from notifier.ratelimit import RateLimiter
@@ -349,11 +349,15 @@ class DeliveryWorker:
         self.tally[SUPPRESSED] += 1
 
     async def _hold_until(self, entry: outbox.Entry, message: Message, due: float) -> None:
-        """Queue the message again for `due` (the end of its user's quiet hours), still `queued`."""
+        """Queue the message again for `due` (the end of its user's quiet hours), still `queued`;
+        its push record moves too, so caps count it on the day it goes out."""
+        keys = self._keys
+        member = rules.push_member(message.campaign_id, message.run_id)
         with unavailable_as_error("delivery hold"):
             async with self._redis.pipeline(transaction=True) as pipe:
-                outbox.stage_later(pipe, self._keys, message.message_id, due)
-                outbox.stage_finish(pipe, self._keys, entry)
+                outbox.stage_later(pipe, keys, message.message_id, due)
+                pipe.zadd(keys.user_pushes(message.user_id), {member: due}, xx=True)
+                outbox.stage_finish(pipe, keys, entry)
                 await pipe.execute()
         self.tally[HELD] += 1
 

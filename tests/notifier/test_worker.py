@@ -292,6 +292,8 @@ async def test_a_push_reaching_a_worker_at_night_waits_for_the_users_morning(del
     night = campaign("spring", rules={"quiet_start": "22:00", "quiet_end": "07:00"})
     await delivery.aredis.hset(delivery.keys.campaigns(), night.id, night.model_dump_json())
     message = await delivery.queue("gA-u1")  # due at 13:00 in Berlin; the workers were down
+    pushes = delivery.keys.user_pushes("gA-u1")
+    await delivery.aredis.zadd(pushes, {"spring|run-1": message.due})  # its record, as the run wrote it
     morning = datetime(2024, 2, 2, 6, 0, tzinfo=UTC)  # 07:00 in Berlin
     worker = delivery.worker()
 
@@ -303,6 +305,7 @@ async def test_a_push_reaching_a_worker_at_night_waits_for_the_users_morning(del
         await delivery.aredis.zscore(delivery.keys.outbox_delayed(), message.message_id)
         == morning.timestamp()
     )
+    assert await delivery.aredis.zscore(pushes, "spring|run-1") == morning.timestamp()  # caps: that day
     await delivery.assert_outbox_empty()
 
     delivery.clock.now = morning - timedelta(seconds=1)
