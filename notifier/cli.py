@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from notifier import dead_letters
 from notifier.campaign import CampaignSpec
 from notifier.runner import CampaignRunner, manual_run_id
 from notifier.scheduler import run_scheduler
@@ -219,3 +220,31 @@ def register_worker(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     )
     worker.add_argument("--burst", action="store_true", help="stop once nothing is due instead of waiting")
     worker.set_defaults(handler=_worker)
+
+
+async def _list_dead_letters(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    keys = Keys(settings.redis.prefix)
+    found = await dead_letters.dead_letters(client, keys, campaign_id=args.campaign, limit=args.limit)
+    return [asdict(letter) for letter in found]
+
+
+async def _replay_dead_letters(args: argparse.Namespace, settings: Settings, client: aioredis.Redis) -> Any:
+    keys = Keys(settings.redis.prefix)
+    now = utc_now().timestamp()
+    return asdict(await dead_letters.replay(client, keys, now, campaign_id=args.campaign))
+
+
+def register_dead_letters(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    letters = subparsers.add_parser(
+        "dead-letters", help="pushes given up after max_attempts: list them, replay them"
+    )
+    actions = letters.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", parents=[parent], help="the dead letters, oldest first")
+    listing.add_argument("--campaign", help="only this campaign's")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    listing.set_defaults(handler=run_action(_list_dead_letters))
+    replaying = actions.add_parser(
+        "replay", parents=[parent], help="queue the dead messages again, once the cause is fixed"
+    )
+    replaying.add_argument("--campaign", help="only this campaign's")
+    replaying.set_defaults(handler=run_action(_replay_dead_letters))

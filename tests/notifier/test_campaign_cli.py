@@ -10,10 +10,13 @@ from typing import Any
 import pyarrow as pa
 import pytest
 import redis
-from shop import REPO
+from shop import NOW, REPO
 
+from notifier import outbox
+from notifier.messages import Message, stage_messages
 from recsvc.cli import main
 from recsvc.config import Settings
+from recsvc.keys import Keys
 from recsvc.registry import Registry
 from training.profiles import import_profiles
 
@@ -108,3 +111,23 @@ def test_run_deliver_preview_and_audience_from_the_command_line(
 
     # The same run again writes nothing new: each user has one message per run.
     assert run(capsys, "campaigns", "run", "now", "--run-id", "first")[1]["messages"] == 0
+
+
+def test_dead_letters_are_listed_and_replayed(
+    cli_env: Settings, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = Keys(cli_env.redis.prefix)
+    message = Message("m-1", "spring", "run-1", "gA-u1", "Hi", "New for you", None, ("a1",), NOW.timestamp())
+    with redis_client.pipeline(transaction=True) as pipe:  # stored, then given up, as a worker does
+        stage_messages(pipe, keys, [message], now=NOW.timestamp(), ttl_seconds=3600)
+        outbox.stage_dead_letter(pipe, keys, message, attempts=5, error="phone: 503 down")
+        pipe.execute()
+
+    code, listed = run(capsys, "dead-letters", "list", "--campaign", "spring")
+    assert code == 0 and [(entry["message_id"], entry["error"]) for entry in listed] == [
+        ("m-1", "phone: 503 down")
+    ]
+    assert run(capsys, "dead-letters", "list", "--campaign", "autumn")[1] == []
+    assert run(capsys, "dead-letters", "replay")[1] == {"replayed": 1, "skipped": 0}
+    assert run(capsys, "dead-letters", "list")[1] == []
+    assert redis_client.hget(keys.message("m-1"), "status") == "queued"

@@ -30,7 +30,7 @@ from redis.backoff import NoBackoff
 from runner_support import campaign, message_of, run_stats
 from shop import NOW, ManualClock
 
-from notifier import stats
+from notifier import dead_letters, stats
 from notifier.messages import Message
 from notifier.providers import build_provider
 from notifier.worker import DELIVERED, REDIS_RETRY_SECONDS, DeliveryWorker, run_worker
@@ -152,17 +152,24 @@ async def test_retry_waits_for_retry_after_when_longer_than_the_backoff(delivery
     assert await delivery.aredis.zscore(delayed, message.message_id) == NOW.timestamp() + 120
 
 
-async def test_dead_letter_after_max_attempts(delivery: Delivery) -> None:
-    await delivery.user("gA-u1", "tok-phone")
-    message = await delivery.queue("gA-u1")
-    delivery.receiver.script.add("tok-phone", *[Reply(500, {"error": "down"})] * 3)
+async def fail_every_attempt(delivery: Delivery, *tokens: str) -> DeliveryWorker:
+    """Deliver the queued messages while the provider refuses `tokens`, until they are dead."""
+    for token in tokens:
+        delivery.receiver.script.add(token, *[Reply(500, {"error": "down"})] * 3)
     worker = delivery.worker()
-
     await worker.run(burst=True)  # attempt 1, retry in 30 s
     delivery.clock.now += timedelta(seconds=30)
     await worker.run(burst=True)  # attempt 2, retry in 60 s
     delivery.clock.now += timedelta(seconds=60)
     await worker.run(burst=True)  # attempt 3 of 3: dead
+    return worker
+
+
+async def test_dead_letter_after_max_attempts(delivery: Delivery) -> None:
+    await delivery.user("gA-u1", "tok-phone")
+    message = await delivery.queue("gA-u1")
+
+    await fail_every_attempt(delivery, "tok-phone")
 
     assert len(delivery.receiver.server.requests) == 3
     ((_, letter),) = await delivery.aredis.xrange(delivery.keys.dead_letters())
@@ -175,6 +182,36 @@ async def test_dead_letter_after_max_attempts(delivery: Delivery) -> None:
     assert await delivery.counters(run=None) == {stats.FAILED: 1}
     assert await delivery.aredis.zcard(delivery.keys.outbox_delayed()) == 0
     await delivery.assert_outbox_empty()
+
+
+async def test_replayed_dead_letters_are_delivered_and_no_longer_count_as_failed(
+    delivery: Delivery,
+) -> None:
+    await delivery.user("gA-u1", "tok-phone")
+    await delivery.user("gA-u2", "tok-tablet")
+    spring = await delivery.queue("gA-u1")
+    autumn = await queue_message(delivery.aredis, delivery.settings, "gA-u2", now=NOW, campaign_id="autumn")
+    worker = await fail_every_attempt(delivery, "tok-phone", "tok-tablet")  # the provider was down
+    keys, aredis = delivery.keys, delivery.aredis
+    assert [letter.message_id for letter in await dead_letters.dead_letters(aredis, keys)] == [
+        spring.message_id,
+        autumn.message_id,
+    ]
+
+    now = delivery.clock.now.timestamp()  # the provider is back
+    assert await dead_letters.replay(aredis, keys, now, campaign_id="spring") == dead_letters.Replayed(1, 0)
+    state = await delivery.message_state(spring)
+    assert (state["status"], state["attempts"], "error" in state) == ("queued", "0", False)
+    assert [letter.campaign_id for letter in await dead_letters.dead_letters(aredis, keys)] == ["autumn"]
+    await worker.run(burst=True)
+    assert delivery.receiver.delivered_keys() == [f"{spring.message_id}:d0"]
+    assert await delivery.counters() == {stats.DELIVERED: 1, stats.FAILED: 0}
+    assert await run_stats(aredis, keys, "autumn", "run-1") == {stats.FAILED: 1}
+
+    await aredis.delete(keys.message(autumn.message_id))  # expired meanwhile: nothing to send
+    assert await dead_letters.replay(aredis, keys, now) == dead_letters.Replayed(0, 1)
+    assert await dead_letters.dead_letters(aredis, keys) == []
+    assert await run_stats(aredis, keys, "autumn", "run-1") == {stats.FAILED: 1}
 
 
 async def test_invalid_token_removes_exactly_that_device(delivery: Delivery) -> None:
