@@ -7,12 +7,12 @@ to every device of its user, a bounded number of messages at a time, under the p
 limit shared by all workers (`notifier.ratelimit`).
 
 The user's profile is read at send time, not when the campaign ran: consent withdrawn, the user
-forgotten, or devices removed since then all stop the push. A push that comes to a worker in
-its user's quiet hours waits for their end again, and one too late is dropped as `expired`
-(`notifier.send_window`). Those messages are suppressions,
+forgotten, or devices removed since then all stop the push. Those messages are suppressions,
 not delivery failures: they are counted `suppressed:<reason>` like the campaign run's own
 suppressions (status `failed`, field `error` = the reason), so `failed` keeps meaning what the
-provider refused. A forgotten user's message is deleted outright: it holds their data.
+provider refused. A forgotten user's message is deleted outright: it holds their data. So is the
+time judged again (`notifier.send_window`): a push that comes to a worker in its user's quiet
+hours waits for their end, and one too late is suppressed as `expired`.
 
 Per message, after its sends:
 - delivered to at least one device: status `sent`, counted `delivered` once;
