@@ -10,8 +10,8 @@ The user's profile is read at send time, not when the campaign ran: consent with
 forgotten, or devices removed since then all stop the push. Those messages are suppressions,
 not delivery failures: they are counted `suppressed:<reason>` like the campaign run's own
 suppressions (status `failed`, field `error` = the reason), so `failed` keeps meaning what the
-provider refused. A forgotten user's message is deleted outright: it holds their data. So is the
-time judged again (`notifier.send_window`): a push that comes to a worker in its user's quiet
+provider refused. A forgotten user's message is deleted outright: it holds their data. The timing
+is judged again too (`notifier.send_window`): a push that comes to a worker in its user's quiet
 hours waits for their end, and one too late is suppressed as `expired`.
 
 Per message, after its sends:
