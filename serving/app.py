@@ -25,7 +25,7 @@ from serving.metrics import Metrics
 from serving.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from serving.openapi import install_openapi
 from serving.problems import install_problem_handlers
-from serving.routes import campaigns, events, items, models, ops, push, recommendations, users
+from serving.routes import campaigns, dead_letters, events, items, models, ops, push, recommendations, users
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def create_app(
     app.state.services = services
     install_problem_handlers(app)
     install_openapi(app)
-    for module in (recommendations, events, users, items, push, models, campaigns, ops):
+    for module in (recommendations, events, users, items, push, models, campaigns, dead_letters, ops):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
@@ -27,6 +28,7 @@ from recsvc.state import Store
 from serving.errors import Forbidden, InvalidRequest, ServiceUnavailable, Unauthorized, invalid
 from serving.metrics import Metrics
 from serving.problems import request_id_of
+from serving.redis_guard import map_redis_errors
 
 Clock = Callable[[], datetime]
 
@@ -46,6 +48,12 @@ class Services:
     catalogs: CatalogCache
     metrics: Metrics
     clock: Clock
+
+    def guarded(self, operation: str) -> AbstractContextManager[None]:
+        """`map_redis_errors` for `operation` with this app's metrics and Retry-After."""
+        return map_redis_errors(
+            operation, metrics=self.metrics, retry_after=self.settings.serving.retry_after_seconds
+        )
 
     def category_of(self, item_id: str) -> str | None:
         """The item's category in the served catalog (None without a model, or if it has none)."""

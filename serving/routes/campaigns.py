@@ -5,7 +5,6 @@ The campaign logic lives in `notifier`; these routes only translate HTTP to it.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -16,9 +15,8 @@ from notifier.campaign import Campaign, CampaignSpec, Segment
 from notifier.runner import manual_run_id
 from notifier.stats import campaign_stats
 from recsvc.keys import Keys
-from serving.deps import AdminKey, Services, ServicesDep
+from serving.deps import AdminKey, ServicesDep
 from serving.openapi import AUTH, problems
-from serving.redis_guard import map_redis_errors
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 
@@ -53,11 +51,6 @@ class CampaignCreate(CampaignSpec):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE]})
 
 
-def _guarded(services: Services, operation: str) -> AbstractContextManager[None]:
-    retry_after = services.settings.serving.retry_after_seconds
-    return map_redis_errors(operation, metrics=services.metrics, retry_after=retry_after)
-
-
 @router.post(
     "",
     status_code=201,
@@ -69,7 +62,7 @@ async def create_campaign(_: AdminKey, body: CampaignCreate, services: ServicesD
     """Validate and save a campaign. Templates are rendered against sample data first: an unknown
     name or field is a 400 naming the template."""
     spec = CampaignSpec.model_validate(body.model_dump(exclude={"id"}))
-    with _guarded(services, "create_campaign"):
+    with services.guarded("create_campaign"):
         return await services.campaigns.create(spec, body.id)
 
 
@@ -77,7 +70,7 @@ async def create_campaign(_: AdminKey, body: CampaignCreate, services: ServicesD
     "", response_model=list[Campaign], summary="List campaigns (admin)", responses=problems(*AUTH, 503)
 )
 async def list_campaigns(_: AdminKey, services: ServicesDep) -> list[Campaign]:
-    with _guarded(services, "list_campaigns"):
+    with services.guarded("list_campaigns"):
         return await services.campaigns.list()
 
 
@@ -90,7 +83,7 @@ async def segment_audience(_: AdminKey, body: Segment, services: ServicesDep) ->
     """How many users the segment matches now, with consent, with a device, both, and the
     expected sample and control sizes per run; exact up to 100,000 profiles, else estimated from a
     random sample (`estimated: true`)."""
-    with _guarded(services, "audience"):
+    with services.guarded("audience"):
         return asdict(await services.runner.audience(body))
 
 
@@ -101,7 +94,7 @@ async def segment_audience(_: AdminKey, body: Segment, services: ServicesDep) ->
     responses=problems(*AUTH, 404, 422, 503),
 )
 async def get_campaign(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> Campaign:
-    with _guarded(services, "get_campaign"):
+    with services.guarded("get_campaign"):
         return await services.campaigns.get(campaign_id)
 
 
@@ -115,7 +108,7 @@ async def replace_campaign(
     _: AdminKey, campaign_id: CampaignId, body: CampaignSpec, services: ServicesDep
 ) -> Campaign:
     """Its id, status, creation time and statistics stay; the scheduler picks up a new schedule."""
-    with _guarded(services, "replace_campaign"):
+    with services.guarded("replace_campaign"):
         return await services.campaigns.replace(campaign_id, body)
 
 
@@ -127,7 +120,7 @@ async def replace_campaign(
 )
 async def delete_campaign(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> Response:
     """Deletes the campaign with its runs, statistics and pending triggered pushes."""
-    with _guarded(services, "delete_campaign"):
+    with services.guarded("delete_campaign"):
         await services.campaigns.delete(campaign_id)
     return Response(status_code=204)
 
@@ -140,7 +133,7 @@ async def delete_campaign(_: AdminKey, campaign_id: CampaignId, services: Servic
 )
 async def pause_campaign(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> Campaign:
     """No new run starts and no trigger fires until it is resumed; pending triggers wait."""
-    with _guarded(services, "pause_campaign"):
+    with services.guarded("pause_campaign"):
         return await services.campaigns.set_status(campaign_id, "paused")
 
 
@@ -151,7 +144,7 @@ async def pause_campaign(_: AdminKey, campaign_id: CampaignId, services: Service
     responses=problems(*AUTH, 404, 422, 503),
 )
 async def resume_campaign(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> Campaign:
-    with _guarded(services, "resume_campaign"):
+    with services.guarded("resume_campaign"):
         return await services.campaigns.set_status(campaign_id, "active")
 
 
@@ -166,7 +159,7 @@ async def run_now(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -
     (`recsvc campaigns run` executes one at once, in its own process). Its results appear in the
     campaign's statistics under the returned `run_id`."""
     run_id = manual_run_id(services.clock())
-    with _guarded(services, "queue_run"):
+    with services.guarded("queue_run"):
         await services.runner.queue(await services.campaigns.get(campaign_id), run_id)
     return {"campaign_id": campaign_id, "run_id": run_id, "status": "queued"}
 
@@ -180,7 +173,7 @@ async def get_stats(_: AdminKey, campaign_id: CampaignId, services: ServicesDep)
     """Targeted, suppressed by reason, sent, delivered, failed, opened, clicked and converted, and
     the control group's targeted and converted, with conversion rates (lift = treatment rate over
     control rate)."""
-    with _guarded(services, "campaign_stats"):
+    with services.guarded("campaign_stats"):
         await services.campaigns.get(campaign_id)
         return await campaign_stats(services.redis, Keys(services.settings.redis.prefix), campaign_id)
 
@@ -192,7 +185,7 @@ async def get_stats(_: AdminKey, campaign_id: CampaignId, services: ServicesDep)
 )
 async def campaign_audience(_: AdminKey, campaign_id: CampaignId, services: ServicesDep) -> dict[str, Any]:
     """`POST /v1/campaigns/audience` for a saved campaign's segment and control group."""
-    with _guarded(services, "audience"):
+    with services.guarded("audience"):
         campaign = await services.campaigns.get(campaign_id)
         return asdict(await services.runner.audience(campaign.segment, campaign.id))
 
@@ -211,6 +204,6 @@ async def preview(
     """Renders exactly the push a run would write for this user now, writing nothing: their group
     (treatment, control, not sampled, not in the segment), each segment condition with its result,
     the suppression reason if any, when it would be sent (after quiet hours), the text and the items."""
-    with _guarded(services, "preview"):
+    with services.guarded("preview"):
         campaign = await services.campaigns.get(campaign_id)
         return asdict(await services.runner.preview(campaign, user_id))
