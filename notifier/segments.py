@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,12 @@ from recsvc.redis_conn import unavailable_as_error
 from recsvc.state import profile_from_hash, recent_event, unix_micros
 
 VIEW_TYPES = frozenset({"view", "add_to_cart"})
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
 _BUCKETS = 2**64
 READ_CHUNK = 1_000  # users per Lua call: a few milliseconds of Redis time each
 
@@ -277,13 +284,7 @@ def attribute_holds(predicate: AttributePredicate, profile: Mapping[str, Any]) -
     if op == "between":
         low, high = wanted
         return bool(low <= value <= high)
-    comparisons: dict[str, Callable[[Any, Any], bool]] = {
-        "gt": lambda a, b: a > b,
-        "gte": lambda a, b: a >= b,
-        "lt": lambda a, b: a < b,
-        "lte": lambda a, b: a <= b,
-    }
-    return comparisons[op](value, wanted)
+    return bool(_COMPARISONS[op](value, wanted))
 
 
 def _attribute_check(predicate: AttributePredicate, profile: Mapping[str, Any], describe: bool) -> Check:
