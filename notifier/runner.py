@@ -23,27 +23,23 @@ The run's hash (`Keys.campaign_run`) holds, besides `status`, `started` and `fin
 checkpoint `position` and, for a run over explicit users, `users` and `trigger_events` (JSON),
 so a resume needs nothing but the campaign and the run id.
 
-One process executes a run at a time: it holds the lease `Keys.campaign_run_lock`, renewed by
-every batch write, which fails (and stops the run) if the lease was lost meanwhile.
+One process executes a run at a time, and one run in the deployment writes at a time: it holds
+two leases (`notifier.run_leases`), renewed by every batch write, which fails (and stops the
+run) if either was lost meanwhile. Within a process, runs take turns on a lock instead of
+polling. Caps are read before a batch and written with it, so two runs due at once, or a
+`recsvc campaigns run` beside the scheduler, cannot both push a user past a cap.
 
 Processes that execute runs tune the garbage collector once at start-up (`recsvc.gc_tuning`):
 a batch keeps some 10^5 objects alive, which the default thresholds re-walk again and again.
 
 `preview` and `audience` go through the same functions as `run` and write nothing.
-
-Caps are read before a batch and written with it, so runs take turns, in a process (a lock)
-and across the deployment (the writer lease `Keys.campaign_writer`, fenced like the run's lease
-by every batch write): two runs due at once, or a `recsvc campaigns run` beside the scheduler,
-cannot both push a user past a cap. A run waits while another process's run writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
-import secrets
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -58,6 +54,7 @@ from notifier.campaign import Campaign, Segment
 from notifier.decisions import Context, Group, Outcome, behaviour_of, count, decide, tally_users
 from notifier.messages import Message, message_id, stage_messages
 from notifier.prefetch import Fetched, Page, Prefetch
+from notifier.run_leases import Held, RunLeases
 from notifier.segments import Behaviour, Check, UserData
 from notifier.store import CampaignStore
 from notifier.templates import Templates
@@ -75,28 +72,10 @@ EXACT_AUDIENCE_MAX = 100_000  # above this many profiles, `audience` estimates f
 AUDIENCE_SAMPLE = 20_000
 TRENDING_MARGIN = 50  # trending items fetched beyond k, for users whose exclusions remove some
 
-WRITER_POLL_SECONDS = 1.0  # how often a run waiting for another process's run asks again
-
-# Delete each lease in KEYS that this execution still holds.
-_RELEASE = """
-for _, lease in ipairs(KEYS) do
-  if redis.call('GET', lease) == ARGV[1] then redis.call('DEL', lease) end
-end
-return 0
-"""
-
-log = logging.getLogger(__name__)
-
 
 def manual_run_id(moment: datetime) -> str:
     """The id of a run started by hand, distinct from the scheduler's minute-based ids."""
     return "manual-" + moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-class RunConflict(ConflictError):
-    """Another process executes this run (or took its lease over after it lapsed)."""
-
-    title = "Campaign run in progress"
 
 
 class ModelNotLoaded(RecsvcError):
@@ -182,15 +161,15 @@ class CampaignRunner:
         self._settings = settings
         self._models = models
         self._clock = clock
-        self._sleep = sleep
         self._templates = templates or Templates()
         self._keys = Keys(settings.redis.prefix)
         self._store = Store(redis, settings, clock=clock)
         self._campaigns = CampaignStore(redis, settings, clock=clock, templates=self._templates)
         self._catalogs = CatalogCache()
         self._apply = redis.register_script(APPLY)  # EVALSHA: the script is sent once, not per batch
+        self._leases = RunLeases(redis, self._keys, settings.notifier.run_lock_seconds, sleep=sleep)
         # Runs read a batch's caps before they write its pushes, so runs take turns: in this
-        # process by this lock, across processes by the writer lease (`Keys.campaign_writer`).
+        # process by this lock, across processes by the writer lease (`notifier.run_leases`).
         self._one_run_at_a_time = asyncio.Lock()
 
     # --- run --------------------------------------------------------------------------------------
@@ -223,7 +202,7 @@ class CampaignRunner:
         trigger_events: Mapping[str, RecentEvent] | None,
     ) -> RunSummary:
         loaded = self._loaded()
-        token = await self._acquire(campaign.id, run_id)
+        held = await self._leases.acquire(campaign.id, run_id)
         try:
             progress = await self._start(campaign.id, run_id, users, trigger_events)
             if progress.done:
@@ -241,7 +220,7 @@ class CampaignRunner:
                     if writing is not None:
                         await writing  # in order: a batch lost with the lease stops the run here
                     writing = asyncio.ensure_future(
-                        self._commit(ctx, messages, counts, token, page.position, page.last, windows)
+                        self._commit(ctx, messages, counts, held, page.position, page.last, windows)
                     )
                     totals.update(counts)
                     written += len(messages)
@@ -251,7 +230,7 @@ class CampaignRunner:
                 await _stop(writing)
                 await pages.aclose()
         finally:
-            await self._release(campaign.id, run_id, token)
+            await self._leases.release(held)
         return RunSummary(campaign.id, run_id, "done", dict(totals), written, progress.resumed)
 
     async def _pages(
@@ -282,14 +261,13 @@ class CampaignRunner:
         ctx: Context,
         written: list[tuple[UserData, Message]],
         counts: Mapping[str, int],
-        token: str,
+        held: Held,
         position: int,
         last: bool,
         windows: Windows,
     ) -> None:
-        """One atomic script (`batch_write.APPLY`), applied only while this process holds the run's lease."""
+        """One atomic script (`batch_write.APPLY`), applied only while this execution holds its leases."""
         keys, campaign_id, run_id = self._keys, ctx.campaign.id, ctx.run_id
-        lock = keys.campaign_run_lock(campaign_id, run_id)
         now = ctx.now.timestamp()
         messages = [message for _, message in written]
         latest = max((message.due for message in messages), default=now)
@@ -304,59 +282,13 @@ class CampaignRunner:
             stage_records(pipe, keys, user, message, now, windows)
         stats.stage_counts(pipe, keys, campaign_id, run_id, counts)
         pipe.hset(keys.campaign_run(campaign_id, run_id), mapping=checkpoint)
-        leases = [lock, keys.campaign_writer()]
-        for lease in leases:
-            pipe.pexpire(lease, self._lease_ms())
+        for lease in held.keys:
+            pipe.pexpire(lease, self._leases.lease_ms)
         document = batch.encoded()
         with unavailable_as_error("write campaign batch"):
-            applied = await self._apply(keys=leases, args=[token, document])
+            applied = await self._apply(keys=list(held.keys), args=[held.token, document])
         if not applied:
-            raise self._lost(campaign_id, run_id)
-
-    async def _acquire(self, campaign_id: str, run_id: str) -> str:
-        """The token of this execution, once it holds the writer lease and the run's lease.
-
-        The writer lease comes first, waited for while another process's run holds it: a run
-        that held its own lease while waiting could see it lapse, and be resumed meanwhile."""
-        token = f"{campaign_id}/{run_id}/{secrets.token_hex(8)}"
-        await self._await_writer(token)
-        lock = self._keys.campaign_run_lock(campaign_id, run_id)
-        with unavailable_as_error("lock campaign run"):
-            if not await self._redis.set(lock, token, nx=True, px=self._lease_ms()):
-                await self._release(campaign_id, run_id, token)
-                raise RunConflict(
-                    f"run {run_id!r} of campaign {campaign_id!r} is already being executed",
-                    campaign_id=campaign_id,
-                    run_id=run_id,
-                )
-        return token
-
-    async def _await_writer(self, token: str) -> None:
-        writer, waiting = self._keys.campaign_writer(), False
-        while True:
-            with unavailable_as_error("lock campaign writes"):
-                if await self._redis.set(writer, token, nx=True, px=self._lease_ms()):
-                    return
-                holder = await self._redis.get(writer)
-            if not waiting:
-                log.info("run %s waits for run %s, executing in another process", token, holder)
-                waiting = True
-            await self._sleep(WRITER_POLL_SECONDS)
-
-    async def _release(self, campaign_id: str, run_id: str, token: str) -> None:
-        leases = [self._keys.campaign_run_lock(campaign_id, run_id), self._keys.campaign_writer()]
-        with unavailable_as_error("unlock campaign run"):
-            await self._redis.eval(_RELEASE, len(leases), *leases, token)
-
-    def _lost(self, campaign_id: str, run_id: str) -> RunConflict:
-        return RunConflict(
-            f"run {run_id!r} of campaign {campaign_id!r} lost its lease to another process",
-            campaign_id=campaign_id,
-            run_id=run_id,
-        )
-
-    def _lease_ms(self) -> int:
-        return math.ceil(self._settings.notifier.run_lock_seconds * 1000)
+            raise self._leases.lost(held)
 
     async def _start(
         self,

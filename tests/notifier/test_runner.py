@@ -27,7 +27,8 @@ from notifier import runner as runner_module
 from notifier import segments, stats
 from notifier.campaign import Campaign, Segment
 from notifier.messages import message_id
-from notifier.runner import CampaignRunner, ModelNotLoaded, RunConflict
+from notifier.run_leases import RunConflict
+from notifier.runner import CampaignRunner, ModelNotLoaded
 from recsvc.config import Settings
 from recsvc.current_model import ModelHolder
 from recsvc.engine import RecentEvent
