@@ -18,7 +18,6 @@ from recsvc.state import Event
 from serving.deps import AppKey, ServicesDep, check_id_length
 from serving.errors import InvalidRequest, PayloadTooLarge
 from serving.openapi import AUTH, problems
-from serving.redis_guard import map_redis_errors
 from serving.schemas import (
     EventBatchCreate,
     EventCreate,
@@ -78,9 +77,7 @@ async def post_events(
     _validate(events, settings, now, batch=batch)
     accepted = [Event(e.user_id, e.item_id, e.type, e.ts or now, e.value) for e in events]
     categories = [services.category_of(e.item_id) for e in events]
-    with map_redis_errors(
-        "record_events", metrics=services.metrics, retry_after=settings.serving.retry_after_seconds
-    ):
+    with services.guarded("record_events"):
         ids = await services.store.record_events(accepted, categories)
     for kind, count in Counter(e.type for e in events).items():
         services.metrics.events_ingested.labels(type=kind).inc(count)
@@ -104,9 +101,7 @@ async def post_feedback(_: AppKey, body: FeedbackCreate, services: ServicesDep) 
     ]
     if errors:
         raise InvalidRequest(errors)
-    with map_redis_errors(
-        "dismiss", metrics=services.metrics, retry_after=settings.serving.retry_after_seconds
-    ):
+    with services.guarded("dismiss"):
         await services.store.dismiss(body.user_id, body.item_id)
     return FeedbackAccepted(user_id=body.user_id, item_id=body.item_id, kind=body.kind)
 

@@ -7,7 +7,6 @@ from fastapi import APIRouter
 from serving.deps import AdminKey, ServicesDep, check_id_length
 from serving.errors import InvalidRequest, PayloadTooLarge
 from serving.openapi import AUTH, problems
-from serving.redis_guard import map_redis_errors
 from serving.schemas import ItemsUpdate, ItemsUpdated
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -39,9 +38,7 @@ async def put_items(_: AdminKey, body: ItemsUpdate, services: ServicesDep) -> It
     if errors:
         raise InvalidRequest(errors)
     updates = [item.model_dump(exclude_unset=True) for item in body.items]
-    with map_redis_errors(
-        "upsert_items", metrics=services.metrics, retry_after=settings.serving.retry_after_seconds
-    ):
+    with services.guarded("upsert_items"):
         await services.store.upsert_items(updates)
         await services.catalogs.refresh(services.store)
     return ItemsUpdated(updated=len({item.item_id for item in body.items}))

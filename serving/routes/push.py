@@ -14,7 +14,6 @@ from pydantic import ConfigDict
 
 from serving.deps import AppKey, ServicesDep
 from serving.openapi import AUTH, problems
-from serving.redis_guard import map_redis_errors
 from serving.schemas import ExternalId, Schema
 
 router = APIRouter(prefix="/v1/push", tags=["push"])
@@ -59,8 +58,7 @@ class InteractionPublic(Schema):
 async def _record(
     kind: Literal["opened", "clicked"], message_id: str, item_id: str | None, services: ServicesDep
 ) -> InteractionPublic:
-    retry_after = services.settings.serving.retry_after_seconds
-    with map_redis_errors("record_interaction", metrics=services.metrics, retry_after=retry_after):
+    with services.guarded("record_interaction"):
         result = await services.tracker.record_interaction(message_id, kind, item_id, services.clock())
     return InteractionPublic(
         message_id=result.message_id,

@@ -19,7 +19,6 @@ from recsvc.state import unix_micros
 from serving.deps import AppKey, ItemIdPath, K, ModelDep, RequestId, Services, ServicesDep, UserIdPath
 from serving.errors import ServiceUnavailable, invalid
 from serving.openapi import AUTH, problems
-from serving.redis_guard import map_redis_errors
 from serving.responses import SchemaResponse
 from serving.schemas import PopularPublic, RecommendationPublic, RecommendationsPublic, SimilarPublic
 
@@ -178,9 +177,8 @@ async def _nothing() -> None:
 
 async def _optional(services: Services, operation: str, call: Awaitable[T]) -> T | None:
     """The call's result, or None (counted and logged) when Redis fails."""
-    settings = services.settings.serving
     try:
-        with map_redis_errors(operation, metrics=services.metrics, retry_after=settings.retry_after_seconds):
+        with services.guarded(operation):
             return await call
     except ServiceUnavailable:
         return None

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Response
 from recsvc.errors import NotFoundError
 from serving.deps import AdminKey, AppKey, ServicesDep, UserIdPath
 from serving.openapi import AUTH, problems
-from serving.redis_guard import map_redis_errors
 from serving.schemas import DevicePublic, ProfilePublic, ProfileUpdate
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
@@ -38,8 +37,7 @@ async def put_profile(
             else {"token": device.token, "platform": device.platform}
             for device in body.devices
         }
-    retry_after = services.settings.serving.retry_after_seconds
-    with map_redis_errors("put_profile", metrics=services.metrics, retry_after=retry_after):
+    with services.guarded("put_profile"):
         await services.store.put_profile(user_id, fields)
         stored = await services.store.get_profile(user_id)
     return _public(user_id, stored)
@@ -53,8 +51,7 @@ async def put_profile(
 )
 async def get_profile(_: AdminKey, user_id: UserIdPath, services: ServicesDep) -> ProfilePublic:
     """The stored profile; 404 when the user has none (or was forgotten)."""
-    retry_after = services.settings.serving.retry_after_seconds
-    with map_redis_errors("get_profile", metrics=services.metrics, retry_after=retry_after):
+    with services.guarded("get_profile"):
         stored = await services.store.get_profile(user_id)
     if stored is None:
         raise NotFoundError(f"no profile for user {user_id!r}", user_id=user_id)
@@ -71,8 +68,7 @@ async def get_profile(_: AdminKey, user_id: UserIdPath, services: ServicesDep) -
 async def forget_user(_: AppKey, user_id: UserIdPath, services: ServicesDep) -> Response:
     """Delete the user's profile, tokens, history and dismissals; from then on the user is unknown
     everywhere (recommendations treat them as new, and later trainings leave them out)."""
-    retry_after = services.settings.serving.retry_after_seconds
-    with map_redis_errors("forget_user", metrics=services.metrics, retry_after=retry_after):
+    with services.guarded("forget_user"):
         await services.store.forget_user(user_id)
     return Response(status_code=204)
 
