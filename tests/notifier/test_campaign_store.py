@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from scheduler_support import campaign_spec as spec
 from shop import ManualClock
 
-from notifier.campaign import CampaignSpec
 from notifier.store import CampaignStore
 from recsvc.config import Settings
 from recsvc.errors import ConflictError, InputError, NotFoundError
@@ -17,16 +17,6 @@ from recsvc.keys import Keys
 from recsvc.state import Store
 
 pytestmark = pytest.mark.anyio
-
-
-def spec(**changes: Any) -> CampaignSpec:
-    document: dict[str, Any] = {
-        "name": "Weekly picks",
-        "schedule": {"kind": "cron", "cron": "0 10 * * 1", "timezone": "Europe/Berlin"},
-        "content": {"title": "Picked for you", "body": "{{ item.title }} and {{ items | length - 1 }} more"},
-    }
-    document.update(changes)
-    return CampaignSpec.model_validate(document)
 
 
 @pytest.fixture
@@ -147,8 +137,8 @@ async def test_a_trigger_must_name_configured_event_types(campaigns: CampaignSto
 
 
 def test_rules_override_only_what_a_campaign_sets(shop_settings: Settings) -> None:
-    campaign_spec = spec(rules={"max_per_day": 1, "quiet_start": "22:30"})
-    rules = campaign_spec.effective_rules(shop_settings.notifier.rules)
+    overriding = spec(rules={"max_per_day": 1, "quiet_start": "22:30"})
+    rules = overriding.effective_rules(shop_settings.notifier.rules)
     defaults = shop_settings.notifier.rules
     assert (rules.max_per_day, rules.quiet_start) == (1, "22:30")
     assert (rules.max_per_week, rules.quiet_end) == (defaults.max_per_week, defaults.quiet_end)
