@@ -106,18 +106,30 @@ class FcmProvider:
         return self._classify(response)
 
     def message(self, push: Push) -> dict[str, Any]:
-        """The JSON body of one send request; with `expires_at`, Android's TTL and APNs'
-        expiration say when FCM and Apple stop trying a device that is offline."""
-        message: dict[str, Any] = {
-            "token": push.token,
-            "notification": {"title": push.title, "body": push.body},
-            "data": push.data,
-        }
+        """The JSON body of one send request.
+
+        Delivery is at least once: a worker that dies after FCM accepted a push, before it
+        recorded that, sends it again. The message id as Android's notification `tag` and as
+        `apns-collapse-id` makes the device show the repeat in place of the first, so the user
+        sees one notification. (Not `collapse_key`: FCM keeps at most four per device, and
+        pushes of other campaigns waiting for an offline device could be dropped.)
+        With `expires_at`, Android's TTL and APNs' expiration say when FCM and Apple stop trying
+        a device that is offline.
+        """
+        android: dict[str, Any] = {"notification": {"tag": push.message_id}}
+        apns_headers = {"apns-collapse-id": push.message_id}
         if push.expires_at is not None:
-            ttl = max(0, math.floor(push.expires_at - self._clock().timestamp()))
-            message["android"] = {"ttl": f"{ttl}s"}
-            message["apns"] = {"headers": {"apns-expiration": str(math.floor(push.expires_at))}}
-        return {"message": message}
+            android["ttl"] = f"{max(0, math.floor(push.expires_at - self._clock().timestamp()))}s"
+            apns_headers["apns-expiration"] = str(math.floor(push.expires_at))
+        return {
+            "message": {
+                "token": push.token,
+                "notification": {"title": push.title, "body": push.body},
+                "data": push.data,
+                "android": android,
+                "apns": {"headers": apns_headers},
+            }
+        }
 
     async def _post(self, push: Push, token: str) -> httpx.Response:
         return await self._http.post(

@@ -119,6 +119,9 @@ async def test_fcm_sends_v1_message_with_token_from_the_jwt_bearer_grant(
                 "deep_link": "shop://items/a1",
                 "items": "a1,a2,a3",
             },
+            # A repeat of the message (delivery is at least once) replaces it on the device.
+            "android": {"notification": {"tag": "m-1"}},
+            "apns": {"headers": {"apns-collapse-id": "m-1"}},
         }
     }
 
@@ -135,8 +138,10 @@ async def test_fcm_tells_android_and_apns_when_a_push_expires(
     ).outcome is Outcome.DELIVERED
 
     message = fcm.sends[0].json()["message"]
-    assert message["android"] == {"ttl": "3600s"}  # whole seconds, never past the expiry
-    assert message["apns"] == {"headers": {"apns-expiration": str(int(NOW.timestamp()) + 3600)}}
+    assert message["android"]["ttl"] == "3600s"  # whole seconds, never past the expiry
+    assert message["apns"]["headers"]["apns-expiration"] == str(int(NOW.timestamp()) + 3600)
+    assert message["android"]["notification"] == {"tag": "m-1"}  # with the replace-repeat ids
+    assert message["apns"]["headers"]["apns-collapse-id"] == "m-1"
 
 
 async def test_fcm_caches_the_access_token(fcm_provider: FcmProvider, fcm: FakeFcm) -> None:
