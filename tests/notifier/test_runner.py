@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import faiss
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -558,6 +560,40 @@ async def test_a_run_that_fails_while_a_batch_is_written_resumes_with_each_user_
     assert resumed.resumed and resumed.counts == {"targeted": 6 - written, "sent": 6 - written}
     assert sorted(await outbox_ids(aredis, keys)) == sorted(mid("spring", "r1", u) for u in users)
     assert await run_stats(aredis, keys, "spring", "r1") == {"targeted": 6, "sent": 6}
+
+
+async def test_batches_are_decided_side_by_side_each_searching_on_one_core(
+    aredis: aioredis.Redis,
+    shop_settings: Settings,
+    models: ModelHolder,
+    store: Store,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings, users, spring = await six_users_in_batches_of_two(aredis, shop_settings, store, keys)
+    decide = runner_module.decide
+    # The first two batches meet here: were they decided one after the other, the first would
+    # wait in vain and the barrier break.
+    both = threading.Barrier(runner_module.DECIDING_AT_ONCE, timeout=10)
+    search_threads: list[int] = []
+
+    def meeting(*args: Any, **kwargs: Any) -> Any:
+        search_threads.append(faiss.omp_get_max_threads())
+        if len(search_threads) <= runner_module.DECIDING_AT_ONCE:
+            both.wait()
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "decide", meeting)
+    before = faiss.omp_get_max_threads()
+    summary = await CampaignRunner(aredis, settings, models, clock=ManualClock(NOW)).run(
+        spring, "r1", users=users
+    )
+    assert search_threads == [1, 1, 1]  # three batches, each searched on one core
+    assert faiss.omp_get_max_threads() == before  # the caller's searches keep every core
+    assert summary.counts == {"targeted": 6, "sent": 6}
+    assert sorted(await outbox_ids(aredis, keys)) == sorted(mid("spring", "r1", u) for u in users)
+    position = await aredis.hget(keys.campaign_run("spring", "r1"), "position")
+    assert position == "6"  # batches written in order: the checkpoint ends after the last
 
 
 @pytest.mark.parametrize("processes", [1, 2])
