@@ -18,6 +18,9 @@ from notifier.crontab import crontab_trigger
 from recsvc.config import ClockTime, PushRules
 
 CAMPAIGN_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# The longest look-back a segment takes (a century): far past any kept history, and short enough
+# that a segment's time arithmetic on it (`timedelta`, microseconds) cannot overflow.
+MAX_WINDOW_DAYS = 36_500.0
 
 
 def timezone_name(value: str) -> str:
@@ -98,11 +101,11 @@ class Segment(Spec):
     )
 
     attributes: list[AttributePredicate] = Field(default_factory=list)
-    active_within_days: float | None = Field(default=None, gt=0)
-    inactive_for_days: float | None = Field(default=None, gt=0)
+    active_within_days: float | None = Field(default=None, gt=0, le=MAX_WINDOW_DAYS)
+    inactive_for_days: float | None = Field(default=None, gt=0, le=MAX_WINDOW_DAYS)
     purchased_in_category: str | None = None
-    purchased_within_days: float | None = Field(default=None, gt=0)
-    viewed_not_bought_within_days: float | None = Field(default=None, gt=0)
+    purchased_within_days: float | None = Field(default=None, gt=0, le=MAX_WINDOW_DAYS)
+    viewed_not_bought_within_days: float | None = Field(default=None, gt=0, le=MAX_WINDOW_DAYS)
     push_consent: bool | None = None
     has_device: bool | None = None
     sample_percent: float = Field(default=100.0, gt=0, le=100)

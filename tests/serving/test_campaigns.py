@@ -9,6 +9,7 @@ import pytest
 from serving_support import Api, assert_problem
 
 from notifier import messages, stats
+from notifier.campaign import MAX_WINDOW_DAYS
 from recsvc.keys import Keys
 
 pytestmark = pytest.mark.anyio
@@ -185,3 +186,19 @@ async def test_run_now_queues_a_run_that_the_scheduler_executes(api: Api) -> Non
     await api.admin.post("/v1/campaigns/now/pause")
     assert_problem(await api.admin.post("/v1/campaigns/now/run"), 409, detail="paused")
     assert_problem(await api.admin.post("/v1/campaigns/nope/run"), 404)
+
+
+@pytest.mark.parametrize(
+    "window",
+    ["active_within_days", "inactive_for_days", "purchased_within_days", "viewed_not_bought_within_days"],
+)
+async def test_segment_windows_past_a_century_are_invalid_not_a_crash(api: Api, window: str) -> None:
+    """Found by the API fuzz: `{"active_within_days": 1e9}` overflowed `timedelta` in the segment
+    checks and answered 500; a look-back is now at most `MAX_WINDOW_DAYS`."""
+    assert (await api.app_client.put("/v1/users/gA-u1", json={"push_consent": True})).status_code == 200
+    problem = assert_problem(await api.admin.post("/v1/campaigns/audience", json={window: 1e9}), 422)
+    assert problem["errors"][0]["loc"] == ["body", window], problem["errors"]
+    longest = await api.admin.post("/v1/campaigns/audience", json={window: MAX_WINDOW_DAYS})
+    assert longest.status_code == 200, longest.text
+    too_far = {**CAMPAIGN, "segment": {window: 1e9}}
+    assert_problem(await api.admin.post("/v1/campaigns", json=too_far), 422)
