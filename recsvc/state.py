@@ -411,9 +411,12 @@ def profile_changes(profile: Mapping[str, Any]) -> tuple[dict[str, str], list[st
     remove: list[str] = []
     if "attributes" in profile:
         attributes = profile["attributes"]
-        if not isinstance(attributes, Mapping):
-            raise InputError("profile attributes must be an object", field="attributes")
-        write["attributes"] = _json_field(dict(attributes), "attributes")
+        if attributes is None:
+            remove.append("attributes")
+        elif isinstance(attributes, Mapping):
+            write["attributes"] = _json_field(dict(attributes), "attributes")
+        else:
+            raise InputError("profile attributes must be an object or null", field="attributes")
     if "timezone" in profile:
         timezone = profile["timezone"]
         if timezone is None:

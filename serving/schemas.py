@@ -305,11 +305,15 @@ class ProfileUpdate(Schema):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_PROFILE_EXAMPLE]})
 
-    attributes: ProfileAttributes | None = None
+    attributes: ProfileAttributes | None = Field(default=None, description="replaced whole; null clears them")
     timezone: Annotated[str | None, AfterValidator(_known_timezone)] = Field(
         default=None, description="IANA time zone name; null clears it", examples=["Europe/Berlin"]
     )
-    push_consent: bool | None = None
+    # Consent is stated, never cleared: null is refused (422), not read as either answer. The
+    # default is never stored: the route stores only the fields a request sets.
+    push_consent: bool = Field(
+        default=False, description="left out: the stored value (false for a new user); not null"
+    )
     devices: list[DeviceUpdate] | None = Field(default=None, max_length=MAX_DEVICES)
 
 

@@ -40,8 +40,11 @@ async def test_fields_left_out_are_kept_and_devices_merge(api: Api) -> None:
     assert stored["push_consent"] is False and stored["timezone"] == "Europe/Berlin"
     assert stored["attributes"] == PROFILE["attributes"]
     assert stored["devices"] == [{"device_id": "phone", "platform": "ios", "token": "apns-2"}]
-    cleared = (await api.app_client.put("/v1/users/u2", json={"timezone": None})).json()
-    assert cleared["timezone"] is None
+
+    await api.app_client.put("/v1/users/u2b", json=PROFILE)
+    cleared = (await api.app_client.put("/v1/users/u2b", json={"timezone": None, "attributes": None})).json()
+    assert cleared["timezone"] is None and cleared["attributes"] == {}
+    assert cleared["push_consent"] is True and cleared["devices"] == PROFILE["devices"]  # kept
 
 
 async def test_a_new_user_with_an_empty_body_gets_the_defaults(api: Api) -> None:
@@ -68,6 +71,7 @@ async def test_a_new_user_with_an_empty_body_gets_the_defaults(api: Api) -> None
         ({"devices": [{"device_id": "d", "token": "t"}]}, ["body", "devices", 0]),
         ({"attributes": {"points": -1}}, ["body", "attributes", "points"]),
         ({"push_consent": "maybe"}, ["body", "push_consent"]),
+        ({"push_consent": None}, ["body", "push_consent"]),  # consent is stated, never cleared
         ({"nickname": "x"}, ["body", "nickname"]),
     ],
 )
