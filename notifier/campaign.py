@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from notifier.crontab import crontab_trigger
-from recsvc.config import ClockTime, PushRules
+from recsvc.config import MAX_GAP_HOURS, MAX_REPEAT_DAYS, ClockTime, PushRules
 
 CAMPAIGN_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # The longest look-back a segment takes (a century): far past any kept history, and short enough
@@ -251,8 +251,8 @@ class RuleOverrides(Spec):
 
     max_per_day: int | None = Field(default=None, ge=0)
     max_per_week: int | None = Field(default=None, ge=0)
-    min_gap_hours: float | None = Field(default=None, ge=0)
-    item_repeat_days: float | None = Field(default=None, ge=0)
+    min_gap_hours: float | None = Field(default=None, ge=0, le=MAX_GAP_HOURS)
+    item_repeat_days: float | None = Field(default=None, ge=0, le=MAX_REPEAT_DAYS)
     quiet_start: ClockTime | None = None
     quiet_end: ClockTime | None = None
 

@@ -173,13 +173,19 @@ def _clock_time(value: str) -> str:
 ClockTime = Annotated[str, AfterValidator(_clock_time)]
 
 
+# Upper bounds of the rules' windows: far beyond any real campaign's, and small enough that the
+# records they keep get a TTL Redis accepts (a window of 1e12 hours stopped every run's write).
+MAX_GAP_HOURS = 8_760.0  # a year
+MAX_REPEAT_DAYS = 3_650.0  # ten years
+
+
 class PushRules(Section):
     """How often and when a user may get a push; each campaign may override any of these."""
 
     max_per_day: int = Field(default=2, ge=0)
     max_per_week: int = Field(default=6, ge=0)
-    min_gap_hours: float = Field(default=24.0, ge=0.0)
-    item_repeat_days: float = Field(default=14.0, ge=0.0)
+    min_gap_hours: float = Field(default=24.0, ge=0.0, le=MAX_GAP_HOURS)
+    item_repeat_days: float = Field(default=14.0, ge=0.0, le=MAX_REPEAT_DAYS)
     quiet_start: ClockTime = "21:00"
     quiet_end: ClockTime = "08:00"
 

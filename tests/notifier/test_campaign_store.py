@@ -36,6 +36,8 @@ def campaigns(aredis: Any, shop_settings: Settings, clock: ManualClock) -> Campa
         ({"trigger": {"event": "add_to_cart", "delay_minutes": 120}}, "a schedule or a trigger, not both"),
         ({"segment": {"attributes": [{"field": "points", "op": "between", "value": [1]}]}}, "between"),
         ({"segment": {"control_percent": 100}}, "control_percent"),
+        ({"rules": {"min_gap_hours": 1e13}}, "min_gap_hours"),  # its records could not expire
+        ({"rules": {"item_repeat_days": float("inf")}}, "item_repeat_days"),
         ({"content": {"title": "t", "body": "b", "source": "trigger_item"}}, "needs a trigger"),
         ({"colour": "red"}, "colour"),
     ],

@@ -53,6 +53,9 @@ def test_config_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.Monke
         ("[evaluation]\npromote_metric = 'auc'\n", "evaluation"),
         ("[training]\nfactorz = 3\n", "training.factorz"),
         ("[events.types.view]\nweight = -1\n", "events.types.view.weight"),
+        # Windows whose records Redis could not expire (a TTL past its range stops every run).
+        ("[notifier.rules]\nmin_gap_hours = 1e13\n", "notifier.rules.min_gap_hours"),
+        ("[notifier.rules]\nitem_repeat_days = inf\n", "notifier.rules.item_repeat_days"),
     ],
 )
 def test_wrong_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
