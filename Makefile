@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/default.toml
 
-.PHONY: run test lint install clean
+.PHONY: run stop test lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ else
 endif
 	$(BIN)/recsvc models list --config $(CONFIG)
 	$(BIN)/recsvc up --config $(CONFIG) --demo-campaign $(DEMO_CAMPAIGN)
+
+# The embedded Redis outlives `make run` (its data stays for the next command); this stops it.
+stop: $(STAMP)
+	$(BIN)/recsvc redis stop --config $(CONFIG)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

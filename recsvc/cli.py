@@ -17,6 +17,7 @@ from typing import Any
 
 from recsvc.config import Settings, load_settings
 from recsvc.errors import ConfigError, RecsvcError
+from recsvc.redis_conn import redis_url, stop_embedded
 from recsvc.registry import Registry
 from recsvc.report import fmt, metrics_table
 
@@ -130,12 +131,36 @@ def _register_models(subparsers: Subparsers, parent: argparse.ArgumentParser) ->
         registry_option(parser)
 
 
+def _register_redis(subparsers: Subparsers, parent: argparse.ArgumentParser) -> None:
+    embedded = subparsers.add_parser("redis", help="the embedded Redis, used when no Redis URL is set")
+    actions = embedded.add_subparsers(dest="action", required=True)
+    stop = actions.add_parser(
+        "stop",
+        parents=[parent],
+        help="stop it, saving first: it outlives the processes that use it, so their data stays",
+    )
+    stop.set_defaults(handler=_redis_stop)
+
+
+def _redis_stop(_: argparse.Namespace, settings: Settings) -> int:
+    if redis_url(settings) is not None:
+        print("recsvc: REDIS_URL or [redis] url is set, so no embedded Redis is in use", file=sys.stderr)
+        return 1
+    path = settings.redis.embedded_path
+    if stop_embedded(path):
+        print(f"stopped the embedded Redis of {path}; its data is kept for the next start")
+    else:
+        print(f"no embedded Redis of {path} is running")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser: built-in subcommands plus every registered layer's."""
     parent = common_options()
     parser = argparse.ArgumentParser(prog="recsvc", parents=[parent], description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _register_models(subparsers, parent)
+    _register_redis(subparsers, parent)
     for entry in sorted(entry_points(group="recsvc.commands"), key=lambda e: e.name):
         entry.load()(subparsers, parent)
     return parser

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from recsvc import cli
 from recsvc.config import Settings
 from recsvc.redis_conn import (
     REDIS_URL_ENV,
@@ -47,11 +48,19 @@ def server_pid(client: redis.Redis) -> int:
 
 def crash(pid: int) -> None:
     """SIGKILL the server (no chance to save) and wait until it is gone."""
-    descriptor = os.pidfd_open(pid)
+    os.kill(pid, signal.SIGKILL)
+    assert exits(pid), f"redis-server {pid} survived SIGKILL"
+
+
+def exits(pid: int, within: float = 30) -> bool:
+    """Whether process `pid` has exited or exits within `within` seconds."""
     try:
-        signal.pidfd_send_signal(descriptor, signal.SIGKILL)
-        readable, _, _ = select.select([descriptor], [], [], 30)  # readable once the process exited
-        assert readable, f"redis-server {pid} survived SIGKILL"
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([descriptor], [], [], within)  # readable once it exited
+        return bool(readable)
     finally:
         os.close(descriptor)
 
@@ -160,6 +169,31 @@ def test_stop_saves_and_a_restart_finds_the_data(embedded: Settings) -> None:
         assert client.get("kept") == "1"
     finally:
         client.close()
+
+
+def test_the_stop_command_stops_the_embedded_server_and_keeps_its_data(
+    embedded: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = connect_sync(embedded)
+    try:
+        client.set("kept", "1")
+        pid = server_pid(client)
+    finally:
+        client.close()
+    monkeypatch.setenv("RECSVC_REDIS__EMBEDDED_PATH", str(embedded.redis.embedded_path))
+
+    assert cli.main(["redis", "stop"]) == 0
+    assert "stopped the embedded Redis" in capsys.readouterr().out
+    assert exits(pid), "the server process is still running"  # gone, not just its record
+    assert cli.main(["redis", "stop"]) == 0
+    assert "no embedded Redis" in capsys.readouterr().out
+    client = connect_sync(embedded)
+    try:
+        assert client.get("kept") == "1"
+    finally:
+        client.close()
+    monkeypatch.setenv(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")
+    assert cli.main(["redis", "stop"]) == 1  # with a URL there is no embedded server to stop
 
 
 def test_a_snapshot_only_db_keeps_its_data_when_the_append_only_file_is_turned_on(embedded: Settings) -> None:
