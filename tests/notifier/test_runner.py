@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import faiss
 import pytest
@@ -468,10 +468,16 @@ async def test_a_second_execution_of_a_running_run_is_refused(
     assert await aredis.get(keys.campaign_run_lock("spring", "r1")) == "another-process"
 
 
-async def six_users_in_batches_of_two(
-    aredis: aioredis.Redis, shop_settings: Settings, store: Store, keys: Keys
-) -> tuple[Settings, list[str], Campaign]:
+class SixUsers(NamedTuple):
     """Settings with batches of 2, six reachable users and the saved "spring" campaign."""
+
+    settings: Settings
+    users: list[str]
+    spring: Campaign
+
+
+@pytest.fixture
+async def six_users(aredis: aioredis.Redis, shop_settings: Settings, store: Store, keys: Keys) -> SixUsers:
     settings = shop_settings.model_copy(
         update={"notifier": shop_settings.notifier.model_copy(update={"batch_size": 2})}
     )
@@ -479,7 +485,7 @@ async def six_users_in_batches_of_two(
     await put_profiles(store, dict.fromkeys(users, REACHABLE))
     spring = campaign()
     await save(aredis, keys, spring)
-    return settings, users, spring
+    return SixUsers(settings, users, spring)
 
 
 def steal_lease_at_write(
@@ -503,14 +509,13 @@ def steal_lease_at_write(
 async def test_a_run_that_lost_its_lease_stops_and_is_resumed_later(
     lease: str,
     aredis: aioredis.Redis,
-    shop_settings: Settings,
+    six_users: SixUsers,
     models: ModelHolder,
-    store: Store,
     redis_client: redis.Redis,
     keys: Keys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings, users, spring = await six_users_in_batches_of_two(aredis, shop_settings, store, keys)
+    settings, users, spring = six_users
     lock = keys.campaign_run_lock("spring", "r1") if lease == "run" else keys.campaign_writer()
     losing = CampaignRunner(aredis, settings, models, clock=ManualClock(NOW))
     steal_lease_at_write(losing, redis_client, lock, 2, monkeypatch)
@@ -531,13 +536,12 @@ async def test_a_run_that_lost_its_lease_stops_and_is_resumed_later(
 
 async def test_a_run_that_fails_while_a_batch_is_written_resumes_with_each_user_once(
     aredis: aioredis.Redis,
-    shop_settings: Settings,
+    six_users: SixUsers,
     models: ModelHolder,
-    store: Store,
     keys: Keys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings, users, spring = await six_users_in_batches_of_two(aredis, shop_settings, store, keys)
+    settings, users, spring = six_users
     decide, batches = runner_module.decide, 0
 
     def failing_second(*args: Any, **kwargs: Any) -> Any:
@@ -564,13 +568,12 @@ async def test_a_run_that_fails_while_a_batch_is_written_resumes_with_each_user_
 
 async def test_batches_are_decided_side_by_side_each_searching_on_one_core(
     aredis: aioredis.Redis,
-    shop_settings: Settings,
+    six_users: SixUsers,
     models: ModelHolder,
-    store: Store,
     keys: Keys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings, users, spring = await six_users_in_batches_of_two(aredis, shop_settings, store, keys)
+    settings, users, spring = six_users
     decide = runner_module.decide
     # The first two batches meet here: were they decided one after the other, the first would
     # wait in vain and the barrier break.

@@ -130,56 +130,38 @@ def test_processes_starting_together_share_one_embedded_server(embedded: Setting
     pids = {process.communicate(timeout=60)[0].strip() for process in processes}
     assert [process.returncode for process in processes] == [0, 0, 0]
 
-    client = connect_sync(embedded)
-    try:
+    with connect_sync(embedded) as client:
         assert pids == {str(server_pid(client))}
         assert sorted(client.keys("from-*")) == ["from-0", "from-1", "from-2"]
-    finally:
-        client.close()
 
 
 def test_accepted_writes_survive_a_crash_of_the_embedded_server(embedded: Settings) -> None:
-    client = connect_sync(embedded)
-    try:
+    with connect_sync(embedded) as client:
         client.set("accepted", "event")
         before = server_pid(client)
-    finally:
-        client.close()
     crash(before)  # no snapshot on the way down: only the append-only file has the write
 
-    client = connect_sync(embedded)
-    try:
+    with connect_sync(embedded) as client:
         assert server_pid(client) != before
         assert client.get("accepted") == "event"
-    finally:
-        client.close()
 
 
 def test_stop_saves_and_a_restart_finds_the_data(embedded: Settings) -> None:
-    client = connect_sync(embedded)
-    try:
+    with connect_sync(embedded) as client:
         client.set("kept", "1")
-    finally:
-        client.close()
     assert stop_embedded(embedded.redis.embedded_path) is True
     assert stop_embedded(embedded.redis.embedded_path) is False
 
-    client = connect_sync(embedded)
-    try:
+    with connect_sync(embedded) as client:
         assert client.get("kept") == "1"
-    finally:
-        client.close()
 
 
 def test_the_stop_command_stops_the_embedded_server_and_keeps_its_data(
     embedded: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = connect_sync(embedded)
-    try:
+    with connect_sync(embedded) as client:
         client.set("kept", "1")
         pid = server_pid(client)
-    finally:
-        client.close()
     monkeypatch.setenv("RECSVC_REDIS__EMBEDDED_PATH", str(embedded.redis.embedded_path))
 
     assert cli.main(["redis", "stop"]) == 0
@@ -187,31 +169,22 @@ def test_the_stop_command_stops_the_embedded_server_and_keeps_its_data(
     assert exits(pid), "the server process is still running"  # gone, not just its record
     assert cli.main(["redis", "stop"]) == 0
     assert "no embedded Redis" in capsys.readouterr().out
-    client = connect_sync(embedded)
-    try:
+    with connect_sync(embedded) as client:
         assert client.get("kept") == "1"
-    finally:
-        client.close()
     monkeypatch.setenv(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")
     assert cli.main(["redis", "stop"]) == 1  # with a URL there is no embedded server to stop
 
 
 def test_a_snapshot_only_db_keeps_its_data_when_the_append_only_file_is_turned_on(embedded: Settings) -> None:
-    client = connect_sync(embedded)
-    try:
+    with connect_sync(embedded) as client:
         client.set("from-snapshot", "1")
-    finally:
-        client.close()
     stop_embedded(embedded.redis.embedded_path)
     files = embedded_files(embedded.redis.embedded_path)
     (files.folder / files.aof).unlink()  # as an older, snapshot-only deployment left it
 
-    client = connect_sync(embedded)
-    try:
+    with connect_sync(embedded) as client:
         assert client.get("from-snapshot") == "1"
         assert client.config_get("appendonly") == {"appendonly": "yes"}
-    finally:
-        client.close()
 
 
 def test_a_socket_path_too_long_for_unix_sockets_moves_to_the_temp_folder(
@@ -222,12 +195,9 @@ def test_a_socket_path_too_long_for_unix_sockets_moves_to_the_temp_folder(
         update={"redis": embedded.redis.model_copy(update={"embedded_path": deep})}
     )
     try:
-        client = connect_sync(settings)
-        try:
+        with connect_sync(settings) as client:
             client.set("deep", "1")
             assert client.get("deep") == "1"
-        finally:
-            client.close()
         assert len(str(embedded_files(deep).socket)) <= 100
     finally:
         stop_embedded(deep)
