@@ -27,6 +27,10 @@ from serving.openapi import install_openapi
 from serving.problems import install_problem_handlers
 from serving.routes import campaigns, dead_letters, events, items, models, ops, push, recommendations, users
 
+ROUTERS = tuple(
+    module.router
+    for module in (recommendations, events, users, items, push, models, campaigns, dead_letters, ops)
+)
 log = logging.getLogger(__name__)
 
 CAMPAIGN_REDIS_TIMEOUT_SECONDS = 30.0
@@ -120,8 +124,8 @@ def create_app(
     app.state.services = services
     install_problem_handlers(app)
     install_openapi(app)
-    for module in (recommendations, events, users, items, push, models, campaigns, dead_letters, ops):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

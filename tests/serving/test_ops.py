@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fastapi.routing import APIRoute
+from fastapi.security.base import SecurityBase
 from serving_support import Api
+
+from serving.app import ROUTERS
 
 pytestmark = pytest.mark.anyio
 
@@ -63,3 +67,19 @@ async def test_openapi_has_examples_for_every_schema_and_route(api: Api) -> None
                     assert set(response["content"]) == {"application/problem+json"}, (method, path, status)
     problem: dict[str, Any] = spec["components"]["schemas"]["Problem"]
     assert {"type", "title", "status", "detail", "instance"} <= set(problem["required"])
+
+
+def test_providers_read_services_from_the_request_not_from_each_other() -> None:
+    """FastAPI walks a dependency's sub-tree again wherever it is asked for, cached or not, so
+    a provider asking for another (settings via services, say) costs every request; only the
+    security schemes that `get_caller` and `require_admin` read the key through sit one level down."""
+    nested: dict[str, list[str]] = {}
+    for route in (route for router in ROUTERS for route in router.routes):
+        assert isinstance(route, APIRoute)
+        for provider in route.dependant.dependencies:
+            for inner in provider.dependencies:
+                if not isinstance(inner.call, SecurityBase) or inner.dependencies:
+                    nested.setdefault(route.path, []).append(
+                        getattr(inner.call, "__name__", repr(inner.call))
+                    )
+    assert nested == {}
