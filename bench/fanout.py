@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 
 import notifier.runner as runner_module  # noqa: E402
 from bench.engine import synthetic_artifact  # noqa: E402
+from bench.redis_support import REDIS_TIMEOUT_SECONDS, bench_redis  # noqa: E402
 from notifier import decisions, segments  # noqa: E402
 from notifier.campaign import Campaign, CampaignSpec  # noqa: E402
 from notifier.runner import CampaignRunner, RunSummary  # noqa: E402
@@ -61,7 +62,7 @@ from recsvc.current_model import ModelHolder  # noqa: E402
 from recsvc.engine import Engine  # noqa: E402
 from recsvc.gc_tuning import tune_collector  # noqa: E402
 from recsvc.keys import Keys  # noqa: E402
-from recsvc.redis_conn import connect_async, redis_url, stop_embedded  # noqa: E402
+from recsvc.redis_conn import connect_async  # noqa: E402
 from recsvc.registry import Registry  # noqa: E402
 from recsvc.state import profile_changes  # noqa: E402
 
@@ -83,8 +84,6 @@ TIMEZONES = (
 TIERS = ("bronze", "silver", "gold")
 LOCALES = ("en-US", "en-GB", "de-DE", "fr-FR", "ja-JP")
 LOAD_CHUNK = 10_000
-DELETE_CHUNK = 10_000
-REDIS_TIMEOUT_SECONDS = 600.0
 
 
 def campaign_spec(items: int) -> CampaignSpec:
@@ -170,40 +169,16 @@ async def load_profiles(client: aioredis.Redis, keys: Keys, user_ids: list[str])
             await pipe.execute()
 
 
-async def delete_prefix(client: aioredis.Redis, prefix: str) -> int:
-    """UNLINK every key under `prefix`; returns how many there were."""
-    deleted = 0
-    batch: list[str] = []
-    async for key in client.scan_iter(match=f"{prefix}:*", count=DELETE_CHUNK):
-        batch.append(key)
-        if len(batch) >= DELETE_CHUNK:
-            deleted += await client.unlink(*batch)
-            batch.clear()
-    if batch:
-        deleted += await client.unlink(*batch)
-    return deleted
-
-
 @asynccontextmanager
-async def bench_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    """A client with a generous timeout. The embedded server (this bench's own: one bench at a
-    time per cache folder) runs without persistence, so snapshots and AOF rewrites of gigabytes
-    do not fork in the timed part, and is stopped at the end, giving its memory back."""
-    embedded = redis_url(settings) is None
-    client = connect_async(settings, timeout=REDIS_TIMEOUT_SECONDS)
-    try:
-        if embedded:
-            await client.config_set("save", "")
-            await client.config_set("appendonly", "no")
-        yield client
-    finally:
+async def run_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client for the run, inside `bench_redis`: no persistence (snapshots and AOF
+    rewrites of gigabytes would fork in the timed part), keys deleted at the end."""
+    with bench_redis(settings, appendonly=False):
+        client = connect_async(settings, timeout=REDIS_TIMEOUT_SECONDS)
         try:
-            deleted = await delete_prefix(client, settings.redis.prefix)
-            print(f"deleted {deleted:,} keys under {settings.redis.prefix}")
+            yield client
         finally:
             await client.aclose()
-            if embedded:
-                await asyncio.to_thread(stop_embedded, settings.redis.embedded_path)
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -340,7 +315,7 @@ async def bench(args: argparse.Namespace) -> None:
     engine = loaded.engine
     print(f"model {loaded.version} loaded in {time.perf_counter() - started:.1f}s")
 
-    async with bench_redis(settings) as client:
+    async with run_client(settings) as client:
         user_ids = engine.artifact.user_ids.ids[: args.users].tolist()
         started = time.perf_counter()
         await load_profiles(client, keys, user_ids)
