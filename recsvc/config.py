@@ -158,6 +158,7 @@ class ServingConfig(Section):
     trending_half_life_hours: float = Field(default=24.0, gt=0.0)
     model_poll_seconds: float = Field(default=2.0, gt=0.0)
     redis_timeout_seconds: float = Field(default=0.25, gt=0.0)
+    redis_connections_at_start: int = Field(default=16, ge=0)
     retry_after_seconds: int = Field(default=5, ge=1)
 
 

@@ -17,7 +17,7 @@ from notifier.tracking import Tracker
 from recsvc.catalog_cache import CatalogCache
 from recsvc.config import Settings
 from recsvc.current_model import LoadedModel, ModelHolder
-from recsvc.redis_conn import connect_async
+from recsvc.redis_conn import connect_async, open_connections
 from recsvc.registry import Registry
 from recsvc.state import Store, utc_now
 from serving.deps import Services
@@ -103,6 +103,7 @@ def create_app(
             await services.models.refresh()
         except Exception:  # a broken registry must not stop the server; the watcher retries
             log.exception("could not load the current model at start-up")
+        await open_connections(client, settings.serving.redis_connections_at_start)
         watcher = asyncio.create_task(services.models.watch(), name="recsvc-model-watcher")
         try:
             yield

@@ -21,6 +21,7 @@ from recsvc.redis_conn import (
     connect_sync,
     embedded_files,
     ensure_redis,
+    open_connections,
     redis_url,
     stop_embedded,
 )
@@ -201,3 +202,15 @@ def test_a_socket_path_too_long_for_unix_sockets_moves_to_the_temp_folder(
         assert len(str(embedded_files(deep).socket)) <= 100
     finally:
         stop_embedded(deep)
+
+
+@pytest.mark.anyio
+async def test_opening_connections_ahead_tolerates_a_redis_that_is_down(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(REDIS_URL_ENV, raising=False)
+    client = connect_async(with_url(settings, "redis://127.0.0.1:9/0"))
+    try:
+        assert await open_connections(client, 3) == 0
+    finally:
+        await client.aclose()

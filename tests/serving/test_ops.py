@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
+import redis
+import redis.asyncio as aioredis
 from fastapi.routing import APIRoute
 from fastapi.security.base import SecurityBase
-from serving_support import Api
+from serving_support import Api, open_api
+from shop import ManualClock
 
+from recsvc.config import Settings
+from recsvc.redis_conn import ensure_redis
+from recsvc.registry import Registry
 from serving.app import ROUTERS
 
 pytestmark = pytest.mark.anyio
@@ -83,3 +90,18 @@ def test_providers_read_services_from_the_request_not_from_each_other() -> None:
                         getattr(inner.call, "__name__", repr(inner.call))
                     )
     assert nested == {}
+
+
+async def test_a_started_server_has_its_redis_connections_open_before_any_request(
+    shop_settings: Settings,
+    registry: Registry,
+    clock: ManualClock,
+    first_version: str,
+    redis_client: redis.Redis,
+) -> None:
+    serving = shop_settings.serving.model_copy(update={"redis_connections_at_start": 6})
+    settings = shop_settings.model_copy(update={"serving": serving})
+    name = f"recsvc-test-{uuid.uuid4().hex[:8]}"  # the only connections of this name are the app's
+    client = aioredis.Redis.from_url(ensure_redis(settings), client_name=name, decode_responses=True)
+    async for _ in open_api(settings, registry, clock, redis=client):
+        assert len([entry for entry in redis_client.client_list() if entry["name"] == name]) == 6
