@@ -31,6 +31,7 @@ ROUTERS = tuple(
     module.router
     for module in (recommendations, events, users, items, push, models, campaigns, dead_letters, ops)
 )
+
 log = logging.getLogger(__name__)
 
 CAMPAIGN_REDIS_TIMEOUT_SECONDS = 30.0

@@ -5,8 +5,9 @@ provider with `app.dependency_overrides` and nothing else changes.
 
 Providers take the `Request` and read `Services` from it rather than depending on each other:
 FastAPI walks a dependency's whole sub-tree again each time another dependency asks for it,
-even when its value is cached, and that walk cost a recommendation request about 0.3 ms when
-settings, the model, the key check, `k` and the user id each went through `get_services`.
+even when its value is cached. With settings, the model, the key check, `k` and the user id
+each going through `get_services`, the recommendation route had 18 dependency nodes, now 9;
+solving them went from about 0.33 to 0.27 ms a request (measured in-process, 2 cores).
 """
 
 from __future__ import annotations
