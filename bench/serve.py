@@ -1,14 +1,17 @@
 """Recommendation latency and throughput of the real server beside a bare FastAPI endpoint.
 
     .venv/bin/python bench/serve.py [--users 200000 --items 100000 --events 5000000] [--workers 2]
+                                    [--repeat 3] [--work FOLDER]
 
-Trains a 100k-item x 64-factor model on synthetic data (or reuses --registry), starts `recsvc serve`
-and a bare FastAPI JSON endpoint under the same uvicorn settings, posts fresh events for the users
-it will ask about, then loads both servers in two ways from a separate process:
+Trains a 100k-item x 64-factor model on synthetic data (or reuses the one in --work), starts
+`recsvc serve` and a bare FastAPI JSON endpoint under the same uvicorn settings, posts fresh
+events for the users it will ask about, then loads both servers in two ways from a separate process:
 - open loop at a fixed rate (default 500 requests/s): p50 and p99 latency, measured after a
   warm-up at the same rate (default 3 s, not counted), so they describe the steady state;
 - closed loop with wrk (installed from Debian's packages when missing): maximum requests/s.
-Prints both servers' figures and their ratios.
+It measures `--repeat` rounds, the two servers in turn so that a slow spell of the machine hits
+both (on this 2-core VM two identical runs differed by 30%), and prints each figure's median
+and range, and the ratio of the medians.
 
 Redis is `REDIS_URL` or an embedded server in the work folder, shared by the bench and the server
 (see `bench/redis_support.py`: no snapshot or AOF-rewrite forks while timed; the AOF itself stays
@@ -219,6 +222,10 @@ def wrk(base: str, users: list[str], seconds: int) -> tuple[float, float, float]
     return rps, _ms(percent["50%"]), _ms(percent["99%"])
 
 
+def _spread(values: np.ndarray) -> str:
+    return f"{np.median(values):.2f} ({values.min():.2f}-{values.max():.2f})"
+
+
 def _ms(text: str) -> float:
     for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
         if text.endswith(unit):
@@ -260,6 +267,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--warmup", type=float, default=3.0, help="open-loop seconds sent but not measured")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of both servers' measurements, in turn")
     parser.add_argument("--work", type=Path, help="reuse this folder's data and model")
     args = parser.parse_args()
 
@@ -304,16 +312,9 @@ def main() -> None:
     users = pq.read_table(work / "data" / "users.parquet", columns=["user_id"]).column(0).to_pylist()[:20_000]
     items = pq.read_table(work / "data" / "items.parquet", columns=["item_id"]).column(0).to_pylist()
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    port, bare_port = free_port(), free_port()
+    base, bare_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
     serve = [sys.executable, "-m", "recsvc.cli", "serve", "--port", str(port), "--workers", str(args.workers)]
-    with bench_redis(load_settings(), appendonly=True), server(serve, env, f"{base}/readyz"):
-        post_fresh_events(base, users, items)
-        api_open = open_loop_process(base, users, args.rate, args.seconds, args.warmup)
-        api_wrk = wrk(base, users, args.seconds)
-
-    port = free_port()
-    bare_base = f"http://127.0.0.1:{port}"
     bare = [
         sys.executable,
         "-m",
@@ -323,32 +324,43 @@ def main() -> None:
         "--app-dir",
         str(REPO / "bench"),
         "--port",
-        str(port),
+        str(bare_port),
         "--workers",
         str(args.workers),
         "--log-level",
         "warning",
     ]
-    with server(bare, env, f"{bare_base}/v1/users/x/recommendations"):
-        bare_open = open_loop_process(bare_base, users, args.rate, args.seconds, args.warmup)
-        bare_wrk = wrk(bare_base, users, args.seconds)
+    rounds: dict[str, list[tuple[float, ...]]] = {base: [], bare_base: []}
+    with (
+        bench_redis(load_settings(), appendonly=True),
+        server(serve, env, f"{base}/readyz"),
+        server(bare, env, f"{bare_base}/v1/users/x/recommendations"),
+    ):
+        post_fresh_events(base, users, items)
+        for _ in range(args.repeat):
+            for url, measured in rounds.items():  # in turn, so a slow spell of the machine hits both
+                measured.append(
+                    (
+                        *open_loop_process(url, users, args.rate, args.seconds, args.warmup),
+                        *wrk(url, users, args.seconds),
+                    )
+                )
 
     shape = manifest["shape"]
     print(
         f"model: {shape['items']:,} items x {shape['factors']} factors, index {manifest['index']['kind']}; "
-        f"{args.workers} uvicorn worker(s); {os.cpu_count()} cores; users with 5 fresh events each"
+        f"{args.workers} uvicorn worker(s); {os.cpu_count()} cores; users with 5 fresh events each; "
+        f"{args.repeat} round(s) each, in turn: median (range)"
     )
-    rows = [
-        (f"open loop {args.rate}/s: p50 ms", api_open[0], bare_open[0]),
-        (f"open loop {args.rate}/s: p99 ms", api_open[1], bare_open[1]),
-        ("wrk max requests/s", api_wrk[0], bare_wrk[0]),
-        ("wrk p50 ms", api_wrk[1], bare_wrk[1]),
-        ("wrk p99 ms", api_wrk[2], bare_wrk[2]),
-    ]
-    print(f"{'':34}{'recsvc':>12}{'bare FastAPI':>14}{'ratio':>8}")
-    for name, ours, reference in rows:
-        print(f"{name:<34}{ours:>12.2f}{reference:>14.2f}{ours / reference:>8.2f}")
-    print(f"{'open loop errors':<34}{api_open[2]:>12}{bare_open[2]:>14}")
+    ours, reference = np.array(rounds[base]), np.array(rounds[bare_base])
+    names = {0: f"open loop {args.rate}/s: p50 ms", 1: f"open loop {args.rate}/s: p99 ms"}
+    names |= {3: "wrk max requests/s", 4: "wrk p50 ms", 5: "wrk p99 ms"}
+    print(f"{'':32}{'recsvc':>28}{'bare FastAPI':>28}{'ratio':>8}")
+    for column, name in names.items():
+        mine, theirs = ours[:, column], reference[:, column]
+        ratio = np.median(mine) / np.median(theirs)
+        print(f"{name:<32}{_spread(mine):>28}{_spread(theirs):>28}{ratio:>8.2f}")
+    print(f"{'open loop errors, all rounds':<32}{int(ours[:, 2].sum()):>28}{int(reference[:, 2].sum()):>28}")
     print(f"targets: p99 < 10 ms at {args.rate}/s; throughput ratio >= 0.5")
 
 
