@@ -271,7 +271,7 @@ def _launch(files: EmbeddedFiles) -> Path:
     try:
         if migrate:
             client.config_set("appendonly", "yes")
-            _wait_for_first_aof(client, files, deadline)
+            _wait_for_first_aof(client, files, time.monotonic() + EMBEDDED_START_TIMEOUT_SECONDS)
         pid = int(client.info("server")["process_id"])
     finally:
         client.close()
@@ -282,13 +282,22 @@ def _launch(files: EmbeddedFiles) -> Path:
 
 
 def _wait_until_ready(socket: Path, deadline: float) -> bool:
-    """Poll until the server answers PING (it refuses while loading its files) or the deadline."""
+    """Poll until the server answers PING, or until `deadline` passes with no sign of life.
+
+    A server still loading its files answers LOADING. That is progress, not a hang, so it does
+    not count against the deadline: replaying a long AOF can take minutes (150 MB took 30 s on
+    2 cores), and giving up on it would fail every command of the deployment. A server that dies
+    while loading stops answering at all, and then the deadline applies.
+    """
     client = _probe_client(socket)
     try:
         while True:
             try:
                 if client.ping():
                     return True
+            except redis.BusyLoadingError:
+                time.sleep(0.05)
+                continue
             except (redis.ConnectionError, redis.TimeoutError):
                 pass
             if time.monotonic() > deadline:

@@ -7,13 +7,14 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from recsvc import cli
+from recsvc import cli, redis_conn
 from recsvc.config import Settings
 from recsvc.redis_conn import (
     REDIS_URL_ENV,
@@ -155,6 +156,22 @@ def test_stop_saves_and_a_restart_finds_the_data(embedded: Settings) -> None:
 
     with connect_sync(embedded) as client:
         assert client.get("kept") == "1"
+
+
+def test_a_server_still_loading_its_files_is_waited_for_past_the_start_timeout(
+    embedded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = 2_000_000  # loading these takes seconds, far past the start timeout below
+    with connect_sync(embedded, timeout=60.0) as client:
+        client.execute_command("DEBUG", "POPULATE", keys)
+        client.bgrewriteaof()  # the append-only file now holds them (as an RDB preamble)
+        while client.info("persistence")["aof_rewrite_in_progress"]:
+            time.sleep(0.05)
+    assert stop_embedded(embedded.redis.embedded_path) is True
+
+    monkeypatch.setattr(redis_conn, "EMBEDDED_START_TIMEOUT_SECONDS", 0.3)
+    with connect_sync(embedded) as client:
+        assert client.dbsize() == keys
 
 
 def test_the_stop_command_stops_the_embedded_server_and_keeps_its_data(
