@@ -2,13 +2,16 @@
 
 The embedded server (the bench's own, under its work folder: one bench at a time per folder)
 takes no RDB snapshots and does no automatic AOF rewrites, so no child process forks onto the
-bench's two cores in the timed part; it is stopped at the end, giving its memory back. A server
-at `REDIS_URL` is left configured as it is. Either way the keys under the bench's prefix are
-deleted at the end, even when the run fails, so runs do not pile data up for later ones.
+bench's two cores in the timed part. At the end its AOF is rewritten once, as the data is then
+small: without rewrites the file only grew, and replaying 150 MB of it took 30 s at the next
+start. Then it is stopped, giving its memory back. A server at `REDIS_URL` is left configured
+as it is. Either way the keys under the bench's prefix are deleted at the end, even when the run
+fails, so runs do not pile data up for later ones.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,6 +44,8 @@ def bench_redis(settings: Settings, *, appendonly: bool) -> Iterator[redis.Redis
         try:
             deleted = delete_prefix(client, settings.redis.prefix)
             print(f"deleted {deleted:,} keys under {settings.redis.prefix}")
+            if embedded and appendonly:
+                compact_aof(client)
         finally:
             client.close()
             if embedded:
@@ -59,3 +64,13 @@ def delete_prefix(client: redis.Redis, prefix: str) -> int:
     if batch:
         deleted += client.unlink(*batch)
     return deleted
+
+
+def compact_aof(client: redis.Redis) -> None:
+    """Rewrite the append-only file from the data now in memory, and wait until it is done."""
+    client.bgrewriteaof()
+    while True:
+        persistence = client.info("persistence")
+        if not (persistence["aof_rewrite_in_progress"] or persistence["aof_rewrite_scheduled"]):
+            return
+        time.sleep(0.05)
