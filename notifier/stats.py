@@ -43,6 +43,7 @@ NO_ITEMS = "no_items"  # nothing left to recommend after filters and the no-repe
 TEMPLATE_ERROR = "template_error"  # the template failed for this user's data
 FORGOTTEN = "forgotten"
 EXPIRED = "expired"  # not sent within `delivery.max_delay_hours` after it fell due
+UNAVAILABLE_ITEM = "unavailable_item"  # a pushed item was marked unavailable before it was sent
 
 OUTCOMES = (TARGETED, SENT, DELIVERED, FAILED, OPENED, CLICKED, CONVERTED, DEFERRED)
 

@@ -10,9 +10,12 @@ The user's profile is read at send time, not when the campaign ran: consent with
 forgotten, or devices removed since then all stop the push. Those messages are suppressions,
 not delivery failures: they are counted `suppressed:<reason>` like the campaign run's own
 suppressions (status `failed`, field `error` = the reason), so `failed` keeps meaning what the
-provider refused. A forgotten user's message is deleted outright: it holds their data. The timing
-is judged again too (`notifier.send_window`): a push that comes to a worker in its user's quiet
-hours waits for their end, and one too late is suppressed as `expired`.
+provider refused. A forgotten user's message is deleted outright: it holds their data. So are the
+pushed items: one marked unavailable (`PUT /v1/items`) since the push was prepared, hours ago
+for a local-time or deferred push, stops it as `unavailable_item` rather than advertise what
+cannot be bought. The timing is judged again too (`notifier.send_window`): a push that comes to
+a worker in its user's quiet hours waits for their end, and one too late is suppressed as
+`expired`.
 
 Per message, after its sends:
 - delivered to at least one device: status `sent`, counted `delivered` once;
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -220,9 +224,9 @@ class DeliveryWorker:
             await self._finish(entry, tally=SKIPPED)
             return
         attempts = int(fields.get("attempts") or 0) + 1
-        forgotten, profile = await self._current_profile(message.user_id)
+        forgotten, profile, withdrawn = await self._current_state(message)
         devices = _devices(profile)
-        reason = _suppression(forgotten, profile, devices)
+        reason = _suppression(forgotten, profile, devices, withdrawn)
         if reason is not None:
             await self._suppress(entry, message, reason)
             return
@@ -236,15 +240,20 @@ class DeliveryWorker:
         sends = [self._send(message, device_id, token, platform) for device_id, token, platform in devices]
         await self._settle(entry, message, attempts, await asyncio.gather(*sends))
 
-    async def _current_profile(self, user_id: str) -> tuple[bool, dict[str, Any] | None]:
-        """Whether the user was forgotten, and their profile as it is now (None: none)."""
+    async def _current_state(self, message: Message) -> tuple[bool, dict[str, Any] | None, bool]:
+        """Whether the user was forgotten, their profile as it is now (None: none), and whether
+        one of the message's items is now marked unavailable in the catalog overrides."""
         keys = self._keys
         with unavailable_as_error("delivery read profile"):
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.sismember(keys.forgotten(), user_id)
-                pipe.hgetall(keys.profile(user_id))
-                forgotten, stored = await pipe.execute()
-        return bool(forgotten), profile_from_hash(user_id, stored)
+                pipe.sismember(keys.forgotten(), message.user_id)
+                pipe.hgetall(keys.profile(message.user_id))
+                if message.items:
+                    pipe.hmget(keys.catalog_overrides(), list(message.items))
+                forgotten, stored, *overrides = await pipe.execute()
+        found = overrides[0] if overrides else []
+        withdrawn = any(json.loads(raw).get("available") is False for raw in found if raw)
+        return bool(forgotten), profile_from_hash(message.user_id, stored), withdrawn
 
     async def _send(
         self, message: Message, device_id: str, token: str, platform: str | None
@@ -405,15 +414,20 @@ def _raise_outage(entries: Sequence[outbox.Entry], outcomes: Sequence[object]) -
 
 
 def _suppression(
-    forgotten: bool, profile: Mapping[str, Any] | None, devices: Sequence[tuple[str, str, str | None]]
+    forgotten: bool,
+    profile: Mapping[str, Any] | None,
+    devices: Sequence[tuple[str, str, str | None]],
+    withdrawn: bool,
 ) -> str | None:
-    """Why the user must not get a push now, or None if they may."""
+    """Why the user must not get this push now, or None if they may."""
     if forgotten:
         return stats.FORGOTTEN
     if profile is not None and not profile.get("push_consent"):
         return stats.NO_CONSENT
     if not devices:
         return stats.NO_DEVICE
+    if withdrawn:
+        return stats.UNAVAILABLE_ITEM
     return None
 
 

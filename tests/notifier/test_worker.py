@@ -375,6 +375,33 @@ async def test_a_push_later_than_max_delay_hours_is_dropped_as_expired(
         assert await delivery.counters() == {stats.DELIVERED: 1}
 
 
+async def test_a_push_of_an_item_marked_unavailable_since_it_was_prepared_is_suppressed(
+    delivery: Delivery,
+) -> None:
+    await delivery.user("gA-u1", "tok-phone")
+    await delivery.user("gA-u2", "tok-tablet")
+    stale = await delivery.queue("gA-u1")  # items a1, a2
+    fresh = await queue_message(delivery.aredis, delivery.settings, "gA-u2", now=NOW, items=("a3", "a4"))
+    await delivery.store.upsert_items(
+        [
+            {"item_id": "a2", "available": False},
+            {"item_id": "a3", "price": 9.5},  # other fields change nothing
+            {"item_id": "a4", "available": True},
+        ]
+    )
+
+    await delivery.worker().run(burst=True)
+
+    assert delivery.receiver.delivered_keys() == [f"{fresh.message_id}:d0"]
+    state = await delivery.message_state(stale)
+    assert (state["status"], state["error"]) == ("failed", stats.UNAVAILABLE_ITEM)
+    assert await delivery.counters() == {
+        stats.DELIVERED: 1,
+        stats.suppressed(stats.UNAVAILABLE_ITEM): 1,
+    }
+    await delivery.assert_outbox_empty()
+
+
 async def test_two_workers_never_deliver_the_same_message_twice(delivery: Delivery) -> None:
     expected = []
     for n in range(30):
