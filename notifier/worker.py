@@ -10,12 +10,12 @@ The user's profile is read at send time, not when the campaign ran: consent with
 forgotten, or devices removed since then all stop the push. Those messages are suppressions,
 not delivery failures: they are counted `suppressed:<reason>` like the campaign run's own
 suppressions (status `failed`, field `error` = the reason), so `failed` keeps meaning what the
-provider refused. A forgotten user's message is deleted outright: it holds their data. So are the
-pushed items: one marked unavailable (`PUT /v1/items`) since the push was prepared, hours ago
-for a local-time or deferred push, stops it as `unavailable_item` rather than advertise what
-cannot be bought. The timing is judged again too (`notifier.send_window`): a push that comes to
-a worker in its user's quiet hours waits for their end, and one too late is suppressed as
-`expired`.
+provider refused. A forgotten user's message is deleted outright: it holds their data. The
+pushed items are checked again as well: an item marked unavailable (`PUT /v1/items`) since the
+push was prepared, hours ago for a local-time or deferred push, stops it as `unavailable_item`
+rather than advertise what cannot be bought. The timing is judged again too
+(`notifier.send_window`): a push that comes to a worker in its user's quiet hours waits for
+their end, and one too late is suppressed as `expired`.
 
 Per message, after its sends:
 - delivered to at least one device: status `sent`, counted `delivered` once;
