@@ -51,7 +51,6 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import faiss
 import redis.asyncio as aioredis
 
 from notifier import rules, segments, stats
@@ -64,6 +63,7 @@ from notifier.run_leases import Held, RunLeases
 from notifier.segments import Behaviour, Check, UserData
 from notifier.store import CampaignStore
 from notifier.templates import Templates
+from recsvc.ann import search_on_one_core
 from recsvc.catalog_cache import CatalogCache
 from recsvc.config import Settings
 from recsvc.current_model import LoadedModel, ModelHolder
@@ -272,7 +272,7 @@ class CampaignRunner:
         """The run's pages decided, in order, `DECIDING_AT_ONCE` at a time, with their counters
         and messages; closing it early cancels the decisions under way."""
         deciders = ThreadPoolExecutor(
-            DECIDING_AT_ONCE, thread_name_prefix="campaign-decide", initializer=_one_search_thread
+            DECIDING_AT_ONCE, thread_name_prefix="campaign-decide", initializer=search_on_one_core
         )
         deciding: deque[_Deciding] = deque()
         try:
@@ -595,12 +595,6 @@ def _preview(outcome: Outcome, ctx: Context) -> Preview:
 
 def _events_from_json(document: str) -> dict[str, RecentEvent]:
     return {user: RecentEvent(**fields) for user, fields in json.loads(document).items()}
-
-
-def _one_search_thread() -> None:
-    """Make the index searches of this thread use one core: OpenMP's thread count is per thread,
-    and `DECIDING_AT_ONCE` deciding threads search side by side."""
-    faiss.omp_set_num_threads(1)
 
 
 async def _stop(task: asyncio.Task[Any] | None) -> None:

@@ -76,6 +76,12 @@ def search(
     return found_scores, found_ids
 
 
+def search_on_one_core() -> None:
+    """Make this thread's index searches use one core. OpenMP's thread count is per thread, so
+    other threads (and their searches) keep whatever they had."""
+    faiss.omp_set_num_threads(1)
+
+
 def measure_recall(
     index: faiss.Index,
     vectors: npt.NDArray[np.float32],
