@@ -110,8 +110,8 @@ async def open_connections(client: aioredis.Redis, count: int) -> int:
 
     The pool opens connections lazily, each for a few round trips and about a millisecond of the
     process's time. A server that starts into load opens them one per request that finds none
-    free, while later requests queue: 60 recommendation requests at once took 120-190 ms on a
-    fresh pool against 100-110 ms on an open one (in-process, 2 cores). Redis being down is no
+    free, while later requests queue: 60 recommendation requests at once took 119-203 ms on a
+    fresh pool against 97-109 ms on an open one (in-process, 2 cores). Redis being down is no
     error here: the pool opens connections when it answers again.
     """
     answers = await asyncio.gather(*(client.ping() for _ in range(count)), return_exceptions=True)
