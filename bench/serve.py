@@ -256,6 +256,26 @@ def post_fresh_events(base: str, users: list[str], items: list[str]) -> None:
             response.raise_for_status()
 
 
+def users_per_engine_call(base: str) -> str:
+    """Mean and largest batch of the recommendation engine calls, from one worker's /metrics
+    (whichever answers): concurrent requests share engine calls (`serving.batching`)."""
+    text = httpx.get(f"{base}/metrics", timeout=30.0).text
+    series = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("recsvc_recommendation_batch_users")
+    }
+    calls = series["recsvc_recommendation_batch_users_count"]
+    below = [
+        (float(name.split('le="')[1].split('"')[0]), count)
+        for name, count in series.items()
+        if "_bucket" in name and "+Inf" not in name
+    ]
+    largest = min((bound for bound, count in below if count == calls), default=float("inf"))
+    mean = series["recsvc_recommendation_batch_users_sum"] / calls
+    return f"mean {mean:.2f} over {calls:,.0f} calls, largest <= {largest:g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -345,6 +365,7 @@ def main() -> None:
                         *wrk(url, users, args.seconds),
                     )
                 )
+        batching = users_per_engine_call(base)
 
     shape = manifest["shape"]
     print(
@@ -361,6 +382,7 @@ def main() -> None:
         ratio = np.median(mine) / np.median(theirs)
         print(f"{name:<32}{_spread(mine):>28}{_spread(theirs):>28}{ratio:>8.2f}")
     print(f"{'open loop errors, all rounds':<32}{int(ours[:, 2].sum()):>28}{int(reference[:, 2].sum()):>28}")
+    print(f"users per engine call, one worker's whole run: {batching}")
     print(f"targets: p99 < 10 ms at {args.rate}/s; throughput ratio >= 0.5")
 
 

@@ -19,7 +19,8 @@ from recsvc.config import Settings
 from recsvc.current_model import LoadedModel, ModelHolder
 from recsvc.redis_conn import connect_async, open_connections
 from recsvc.registry import Registry
-from recsvc.state import Store, utc_now
+from recsvc.state import Store, unix_micros, utc_now
+from serving.batching import RecommendationBatcher
 from serving.deps import Services
 from serving.metrics import Metrics
 from serving.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -94,6 +95,7 @@ def create_app(
             client, settings, clock=now, category_of=lambda item_id: services.category_of(item_id)
         ),
         catalogs=CatalogCache(),
+        batcher=RecommendationBatcher(lambda: unix_micros(now()), metrics.batch_users.observe),
         metrics=metrics,
         clock=now,
     )

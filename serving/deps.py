@@ -31,6 +31,7 @@ from recsvc.config import Role, Settings
 from recsvc.current_model import LoadedModel, ModelHolder
 from recsvc.registry import Registry
 from recsvc.state import Store
+from serving.batching import RecommendationBatcher
 from serving.errors import Forbidden, InvalidRequest, ServiceUnavailable, Unauthorized, invalid
 from serving.metrics import Metrics
 from serving.problems import request_id_of
@@ -52,6 +53,7 @@ class Services:
     runner: CampaignRunner
     tracker: Tracker
     catalogs: CatalogCache
+    batcher: RecommendationBatcher
     metrics: Metrics
     clock: Clock
 

@@ -17,6 +17,7 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
@@ -55,6 +56,13 @@ class Metrics:
             "recsvc_redis_errors",
             "Redis calls that failed or timed out, by operation.",
             ["operation"],
+            registry=self.registry,
+        )
+        self.batch_users = Histogram(
+            "recsvc_recommendation_batch_users",
+            "Users per engine call of GET /v1/users/{user_id}/recommendations: concurrent requests "
+            "share a call (see serving.batching), so this grows with load.",
+            buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self._served_version: str | None = None

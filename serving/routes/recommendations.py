@@ -3,7 +3,8 @@
 Each request reads what it needs from Redis in one round trip (a user's state and the catalog
 overrides' version in one pipeline, beside trending when needed; the overrides themselves only
 when their version moved), then asks the engine, which is synchronous and fast enough to run
-on the event loop. When Redis fails the answer comes from the model alone, with `realtime: false`.
+on the event loop; concurrent requests share one engine call (`serving.batching`). When Redis
+fails the answer comes from the model alone, with `realtime: false`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Query
 
 from recsvc.engine import Recommendation, Recommendations
-from recsvc.state import unix_micros
+from serving.batching import Shared
 from serving.deps import AppKey, ItemIdPath, K, ModelDep, RequestId, Services, ServicesDep, UserIdPath
 from serving.errors import ServiceUnavailable, invalid
 from serving.openapi import AUTH, problems
@@ -80,17 +81,19 @@ async def recommendations(
         await _optional(services, "catalog_overrides", services.catalogs.sync(store, catalog_version))
     if state is not None and state.forgotten and trending is None:
         trending = await _optional(services, "trending", services.store.trending(trending_k, category))
-    result = engine.recommend(
+    result = await services.batcher.recommend(
         _NOBODY if state is not None and state.forgotten else user_id,
-        k=k,
+        Shared(
+            engine=engine,
+            catalog=services.catalogs.catalog(engine),
+            k=k,
+            exclude=frozenset(exclude),
+            category=category,
+            include_seen=include_seen,
+            trending=tuple(trending or ()),
+        ),
         recent=state.recent if state is not None else (),
         excluded=state.dismissed if state is not None else (),
-        exclude=exclude,
-        category=category,
-        include_seen=include_seen,
-        catalog=services.catalogs.catalog(engine),
-        trending=trending or (),
-        now_us=unix_micros(services.clock()),
     )
     services.metrics.recommendations.labels(endpoint="recommendations", strategy=result.strategy).inc()
     return SchemaResponse(_recommendations(result, user_id, request_id, realtime=state is not None))

@@ -21,7 +21,9 @@ def test_tuning_raises_the_first_threshold_and_freezes_once() -> None:
     created_since = [[n] for n in range(1_000)]  # tracked objects a second freeze would take in
     tune_collector()
     assert gc.get_threshold() == (COLLECTOR_THRESHOLD, 10, 10)
-    assert gc.get_freeze_count() == frozen and len(created_since) == 1_000
+    # At most as many as before: frozen objects can still be freed meanwhile (an idle worker
+    # thread of an earlier test exiting), but a second freeze would add the 1,000 lists.
+    assert gc.get_freeze_count() <= frozen and len(created_since) == 1_000
 
 
 def test_tuning_never_lowers_a_higher_threshold() -> None:

@@ -118,3 +118,27 @@ def test_a_real_server_with_two_workers_answers(
     known_user = models.first.user_ids.id_at(0)
     assert f"{base}/v1/users/{known_user}/recommendations" in output  # ready-to-paste examples
     assert f'"item_id": "{models.first.item_ids.id_at(0)}"' in output
+
+
+def test_each_worker_runs_its_engine_calls_on_one_thread(redis_settings: Settings, tmp_path: Path) -> None:
+    """Batched engine calls would otherwise spread FAISS and BLAS over every core, against the
+    other workers doing the same."""
+    script = (
+        "import faiss, threadpoolctl, serving.asgi; serving.asgi.app(); "
+        "print(faiss.omp_get_max_threads(), "
+        "max(pool['num_threads'] for pool in threadpoolctl.threadpool_info()))"
+    )
+    env = {
+        **os.environ,
+        REDIS_URL_ENV: redis_settings.redis.url,
+        "RECSVC_REDIS__PREFIX": redis_settings.redis.prefix,
+        "RECSVC_REGISTRY__DIR": str(tmp_path / "models"),
+        "OMP_NUM_THREADS": "3",  # what a worker would otherwise start with, on any machine
+        "OPENBLAS_NUM_THREADS": "3",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "1"]
