@@ -98,25 +98,48 @@ class RecommendationBatcher:
 
 
 def _answer(batch: _Batch, shared: Shared, now_us: int) -> None:
-    """Runs one engine call and hands each request its result (or the call's error)."""
+    """Runs one engine call and hands each request its result.
+
+    If the call fails, each of its users is asked again alone, so an error one user's data
+    causes reaches that request only, as it would have without batching.
+    """
     try:
-        results = shared.engine.recommend_many(
-            batch.user_ids,
-            k=shared.k,
-            recent=batch.recent,
-            excluded=batch.excluded,
-            exclude=shared.exclude,
-            category=shared.category,
-            include_seen=shared.include_seen,
-            catalog=shared.catalog,
-            trending=shared.trending,
-            now_us=now_us,
-        )
-    except Exception as error:  # each request fails as it would have alone
-        for answer in batch.answers:
-            if not answer.done():
-                answer.set_exception(error)
+        results = _recommend(batch.user_ids, batch, shared, now_us)
+    except Exception as error:
+        if len(batch.user_ids) == 1:
+            _settle(batch.answers[0], error)
+            return
+        for user_id, answer in zip(batch.user_ids, batch.answers, strict=True):
+            try:
+                [result] = _recommend([user_id], batch, shared, now_us)
+            except Exception as alone:
+                _settle(answer, alone)
+            else:
+                _settle(answer, result)
         return
     for answer, result in zip(batch.answers, results, strict=True):
-        if not answer.done():  # a request cancelled meanwhile (client gone) takes nothing
-            answer.set_result(result)
+        _settle(answer, result)
+
+
+def _recommend(user_ids: list[str], batch: _Batch, shared: Shared, now_us: int) -> list[Recommendations]:
+    return shared.engine.recommend_many(
+        user_ids,
+        k=shared.k,
+        recent=batch.recent,
+        excluded=batch.excluded,
+        exclude=shared.exclude,
+        category=shared.category,
+        include_seen=shared.include_seen,
+        catalog=shared.catalog,
+        trending=shared.trending,
+        now_us=now_us,
+    )
+
+
+def _settle(answer: asyncio.Future[Recommendations], outcome: Recommendations | Exception) -> None:
+    if answer.done():  # the request was cancelled meanwhile (its client went away)
+        return
+    if isinstance(outcome, Exception):
+        answer.set_exception(outcome)
+    else:
+        answer.set_result(outcome)

@@ -22,12 +22,16 @@ NOW_US = unix_micros(NOW)
 
 
 class CountingEngine(Engine):
-    """The real engine, recording the users of each `recommend_many` call."""
+    """The real engine, recording the users of each `recommend_many` call; a call with the
+    user `breaking` fails, as a bug triggered by one user's data would."""
 
     calls: list[list[str]]
+    breaking = "user-whose-data-breaks-the-engine"
 
     def recommend_many(self, user_ids: Sequence[str], **kwargs: Any) -> list[Recommendations]:
         self.calls.append(list(user_ids))
+        if self.breaking in user_ids:
+            raise RuntimeError("broken by one user's data")
         return super().recommend_many(user_ids, **kwargs)
 
 
@@ -120,19 +124,30 @@ async def test_a_user_asked_twice_and_requests_that_differ_go_to_separate_calls(
     assert {item.category for item in answers[4].items} == {"A"}
 
 
-async def test_an_engine_error_fails_only_the_requests_of_its_call(engine: CountingEngine) -> None:
+async def test_an_engine_error_reaches_only_the_requests_that_cause_it(engine: CountingEngine) -> None:
     batcher = RecommendationBatcher(lambda: NOW_US, lambda size: None)
     broken = shared(engine, k=0)  # the engine refuses k=0 (the API never lets one through)
+    options = shared(engine)
 
     outcomes = await asyncio.gather(
         batcher.recommend("gA-u1", broken, recent=(), excluded=()),
         batcher.recommend("gA-u2", broken, recent=(), excluded=()),
-        batcher.recommend("gA-u3", shared(engine), recent=(), excluded=()),
+        batcher.recommend("gA-u3", options, recent=(), excluded=()),
+        batcher.recommend(engine.breaking, options, recent=(), excluded=()),
+        batcher.recommend("gB-u1", options, recent=(), excluded=()),
         return_exceptions=True,
     )
 
-    assert [type(outcome) for outcome in outcomes[:2]] == [InputError, InputError]
-    assert isinstance(outcomes[2], Recommendations) and len(outcomes[2].items) == 5
+    assert [type(outcome) for outcome in outcomes] == [
+        InputError,
+        InputError,
+        Recommendations,
+        RuntimeError,
+        Recommendations,
+    ]
+    assert engine.calls[-4:] == [["gA-u3", engine.breaking, "gB-u1"], ["gA-u3"], [engine.breaking], ["gB-u1"]]
+    engine.calls.clear()
+    assert outcomes[4] == alone(engine, "gB-u1", options, (), ())
 
 
 async def test_a_request_cancelled_while_queued_leaves_the_others_answered(engine: CountingEngine) -> None:
