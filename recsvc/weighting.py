@@ -15,6 +15,11 @@ from recsvc.config import EventsConfig
 from recsvc.errors import InputError
 
 MICROS_PER_DAY = 86_400 * 1_000_000
+# The largest event value that counts; a larger one counts as this. Values are ratings, play
+# counts or prices, which say nothing more beyond it, and an unbounded one overflowed float32
+# (from 1e39) into an infinite confidence that broke fold-in for that user for good (the event
+# stays in their history) and would break training. The API refuses larger values.
+MAX_EVENT_VALUE = 1e9
 
 
 def decay_factors(
@@ -36,7 +41,7 @@ def type_weights(
     """Per-event weight before decay, from dictionary-encoded types (codes index `type_names`).
 
     A missing value (NaN) counts as 1 for value-scaled types; negative values count as 0, so a
-    bad rating can lower but never invert a preference.
+    bad rating can lower but never invert a preference; values above `MAX_EVENT_VALUE` count as it.
     """
     unknown = [name for name in type_names if name not in config.types]
     if unknown:
@@ -50,7 +55,7 @@ def type_weights(
         if transform == "ignore":
             continue
         rows = type_codes == code
-        scale = np.nan_to_num(values[rows], nan=1.0).clip(min=0.0)
+        scale = np.nan_to_num(values[rows], nan=1.0).clip(min=0.0, max=MAX_EVENT_VALUE)
         if transform == "log1p":
             scale = np.log1p(scale)
         weights[rows] *= scale.astype(np.float32)

@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from recsvc.weighting import MAX_EVENT_VALUE
+
 Strategy = Literal["personalized", "realtime", "popular"]
 Platform = Literal["android", "ios", "web"]
 ExternalId = Annotated[str, Field(min_length=1, examples=["u1001"])]
@@ -161,7 +163,12 @@ class EventCreate(Schema):
     item_id: ExternalId
     type: str = Field(min_length=1, max_length=64, description="a type configured under [events.types]")
     ts: AwareDatetime | None = Field(default=None, description="ISO 8601 with an offset; default: now")
-    value: Finite | None = Field(default=None, description="a rating, play count or price")
+    value: Finite | None = Field(
+        default=None,
+        ge=-MAX_EVENT_VALUE,
+        le=MAX_EVENT_VALUE,
+        description=f"a rating, play count or price (at most {MAX_EVENT_VALUE:g} either way)",
+    )
 
 
 class EventBatchCreate(Schema):

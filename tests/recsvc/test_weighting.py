@@ -5,7 +5,7 @@ import pytest
 
 from recsvc.config import EventsConfig, EventType
 from recsvc.errors import InputError
-from recsvc.weighting import MICROS_PER_DAY, decay_factors, type_weights
+from recsvc.weighting import MAX_EVENT_VALUE, MICROS_PER_DAY, decay_factors, type_weights
 
 CONFIG = EventsConfig(
     types={
@@ -39,6 +39,16 @@ def test_type_weights_scale_by_value_as_configured() -> None:
     # view ignores its value; purchase too; rate 0.5*4 and 0.5*1 (missing = 1); play 2*log1p(e-1) = 2
     # and a negative play count counts as nothing.
     np.testing.assert_allclose(weights, [1.0, 8.0, 2.0, 0.5, 2.0, 0.0], rtol=1e-6)
+
+
+def test_a_huge_value_counts_as_the_largest_and_stays_finite() -> None:
+    codes = np.array([2, 2, 3])
+    weights = type_weights(codes, NAMES, np.array([1e300, MAX_EVENT_VALUE, 1e300]), CONFIG)
+    # 1e300 would overflow float32 into an infinite confidence.
+    np.testing.assert_allclose(
+        weights, [0.5 * MAX_EVENT_VALUE, 0.5 * MAX_EVENT_VALUE, 2.0 * np.log1p(MAX_EVENT_VALUE)], rtol=1e-6
+    )
+    assert np.isfinite(weights).all()
 
 
 def test_unknown_type_is_an_input_error() -> None:

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 import redis
 from serving_support import Api, assert_problem
+from shop import items_of
 
 from recsvc.keys import Keys
 from recsvc.state import unix_micros
@@ -88,6 +89,19 @@ async def test_schema_errors_are_located_without_the_union_tag(api: Api) -> None
     assert {tuple(error["loc"]) for error in missing["errors"]} == {("body", "user_id"), ("body", "type")}
     empty = assert_problem(await api.app_client.post("/v1/events", json={"events": []}), 422)
     assert empty["errors"][0]["loc"] == ["body", "events"]
+
+
+async def test_values_beyond_the_largest_that_counts_are_rejected(api: Api) -> None:
+    event = {"user_id": "u1", "item_id": min(items_of("A")), "type": "rate", "value": 1e300}
+    body = assert_problem(await api.app_client.post("/v1/events", json={"events": [event]}), 422)
+    assert body["errors"][0]["loc"] == ["body", "events", 0, "value"]
+    assert "1000000000" in body["errors"][0]["msg"]
+    negative = {**event, "value": -1e300}
+    assert_problem(await api.app_client.post("/v1/events", json=negative), 422)
+    largest = {**event, "value": 1e9}
+    assert (await api.app_client.post("/v1/events", json=largest)).status_code == 202
+    response = await api.app_client.get("/v1/users/u1/recommendations")
+    assert response.status_code == 200 and response.json()["strategy"] == "realtime"
 
 
 async def test_future_timestamps_are_rejected(api: Api) -> None:
