@@ -46,9 +46,11 @@ class Keys:
         return self._user(user_id, "recent")
 
     def dismissed(self, user_id: str) -> str:
-        """Set of item ids the user dismissed.
+        """Set of item ids never to recommend to the user: dismissed through feedback, or the
+        item of an event of a type excluded from recommendations (a purchase, a dismiss event).
 
-        No TTL: a dismissed item never comes back; the set is deleted with the user.
+        No TTL: such an item never comes back (the history list, which also holds those events,
+        keeps only the newest `history_max`); the set is deleted with the user.
         """
         return self._user(user_id, "dismissed")
 

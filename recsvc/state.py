@@ -36,6 +36,10 @@ TRENDING_RESCALE_AFTER_HALF_LIVES = 64
 TRENDING_PRUNE_BELOW = 2.0**-20
 
 PROFILE_FIELDS = frozenset({"attributes", "timezone", "push_consent", "devices"})
+# Written with every profile update: a Redis hash with no field does not exist, so without it a
+# profile stored empty (`PUT {}`), or emptied by clearing its fields, was answered 200 and then
+# not found, though it counted in the campaign population.
+_STORED = "stored"
 _DEVICE = "device:"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MICROSECOND = timedelta(microseconds=1)
@@ -180,6 +184,8 @@ class Store:
     async def record_events(self, events: Sequence[Event], categories: Sequence[str | None]) -> list[str]:
         """Store events in one MULTI/EXEC: stream, each user's history, trending; the stream ids.
 
+        The item of an event of a type excluded from recommendations also joins the user's
+        dismissed set, so it stays excluded after the history is trimmed to `history_max`.
         `categories[i]` is the category of `events[i]`'s item (None: unknown). Trending counts an
         event at most at the current time, so a client clock running ahead cannot inflate it.
         """
@@ -192,6 +198,8 @@ class Store:
         now = self._clock().timestamp()
         keys = self._keys
         histories: dict[str, list[str]] = {}
+        excluded: dict[str, list[str]] = {}
+        types = self._settings.events.types
         category_index: dict[str, int] = {}  # category -> its key's position in KEYS (from 3)
         increments: list[str] = []
         with unavailable_as_error("record_events"):
@@ -200,6 +208,8 @@ class Store:
                 for event, category, weight, ts_us in zip(events, categories, weights, stamps, strict=True):
                     pipe.xadd(keys.events(), stream_fields(event, ts_us))  # type: ignore[arg-type]
                     histories.setdefault(event.user_id, []).append(_history_entry(event, ts_us))
+                    if types[event.type].exclude_from_recommendations:
+                        excluded.setdefault(event.user_id, []).append(event.item_id)
                     if weight > 0:
                         index = (
                             category_index.setdefault(category, len(category_index) + 3) if category else 0
@@ -211,6 +221,8 @@ class Store:
                     pipe.lpush(keys.history(user_id), *entries)
                     pipe.ltrim(keys.history(user_id), 0, self._settings.serving.history_max - 1)
                     pipe.expire(keys.history(user_id), ttl)
+                for user_id, items in excluded.items():
+                    pipe.sadd(keys.dismissed(user_id), *items)
                 if category_index:
                     pipe.sadd(keys.trending_categories(), *category_index)
                 if increments:
@@ -287,8 +299,7 @@ class Store:
         key = self._keys.profile(user_id)
         with unavailable_as_error("put_profile"):
             async with self._redis.pipeline(transaction=True) as pipe:
-                if write:
-                    pipe.hset(key, mapping=write)  # type: ignore[arg-type]
+                pipe.hset(key, mapping=write)  # type: ignore[arg-type]
                 if remove:
                     pipe.hdel(key, *remove)
                 pipe.sadd(self._keys.profiles(), user_id)
@@ -418,7 +429,7 @@ class Store:
 
 def profile_changes(profile: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
     """Hash fields to write and to delete for a partial profile update."""
-    write: dict[str, str] = {}
+    write: dict[str, str] = {_STORED: "1"}
     remove: list[str] = []
     if "attributes" in profile:
         attributes = profile["attributes"]

@@ -165,6 +165,25 @@ async def test_history_is_capped_newest_first_and_its_ttl_refreshed(
     assert redis_client.ttl(keys.history("u")) > 10
 
 
+async def test_items_of_excluded_types_stay_excluded_after_the_history_is_trimmed(
+    redis_settings: Settings, clock: ManualClock
+) -> None:
+    serving = redis_settings.serving.model_copy(update={"history_max": 3})
+    settings = redis_settings.model_copy(update={"serving": serving})
+    client = connect_async(settings)
+    try:
+        store = Store(client, settings, clock=clock)
+        bought = view("u", "bought", START, type="purchase")
+        dismissed = view("u", "dismissed", START, type="dismiss")
+        await store.record_events([bought, dismissed, view("u", "viewed", START)], [None] * 3)
+        await store.record_events([view("u", f"i{n}", START) for n in range(5)], [None] * 5)
+        state = await store.user_state("u")
+    finally:
+        await client.aclose()
+    assert "bought" not in {event.item_id for event in state.recent}
+    assert state.dismissed == {"bought", "dismissed"}  # views are not excluded
+
+
 async def test_record_events_rejects_bad_input_before_writing(
     store: Store, redis_client: redis.Redis, keys: Keys
 ) -> None:

@@ -51,6 +51,19 @@ async def test_default_k_category_and_exclude(api: Api) -> None:
     assert not set(top) & {item["item_id"] for item in without["items"]}
 
 
+async def test_a_bought_item_stays_out_after_more_events_than_the_history_keeps(api: Api) -> None:
+    top = (await recommend(api, "gB-u2", k=1))["items"][0]["item_id"]
+    await post_events(api, "gB-u2", [top], "purchase")
+    others = sorted(items_of("B") - {top})
+    views = [others[n % len(others)] for n in range(api.settings.serving.history_max)]
+    for start in range(0, len(views), api.settings.serving.max_batch):
+        await post_events(api, "gB-u2", views[start : start + api.settings.serving.max_batch], "view")
+
+    body = await recommend(api, "gB-u2", k=40, include_seen="true")
+    assert body["strategy"] == "realtime"
+    assert top not in {item["item_id"] for item in body["items"]}
+
+
 async def test_seen_items_come_back_only_when_asked(api: Api) -> None:
     default = await recommend(api, "gA-u4", k=40)
     seen = await recommend(api, "gA-u4", k=40, include_seen="true")

@@ -56,7 +56,11 @@ async def test_a_new_user_with_an_empty_body_gets_the_defaults(api: Api) -> None
         "push_consent": False,
         "devices": [],
     }
-    assert_problem(await api.admin.get("/v1/users/fresh"), 404)
+    read = await api.admin.get("/v1/users/fresh")  # stored, though empty: it counts as a profile
+    assert read.status_code == 200 and read.json() == stored
+    await api.app_client.put("/v1/users/emptied", json={"attributes": {"tier": "gold"}})
+    emptied = (await api.app_client.put("/v1/users/emptied", json={"attributes": None})).json()
+    assert (await api.admin.get("/v1/users/emptied")).json() == emptied
 
 
 @pytest.mark.parametrize(
