@@ -53,7 +53,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED_ROUTE
+            # `path_format`: the template without converters (`{user_id}`, not `{user_id:path}`).
+            template = getattr(route, "path_format", None) or UNMATCHED_ROUTE
             self.metrics.observe_request(
                 scope.get("method", ""), str(template), status, time.perf_counter() - started
             )

@@ -46,7 +46,7 @@ IncludeSeen = Annotated[
 
 
 @router.get(
-    "/users/{user_id}/recommendations",
+    "/users/{user_id:path}/recommendations",
     response_model=RecommendationsPublic,
     summary="Recommendations for a user",
     responses=problems(*AUTH, 422, 503),
@@ -100,7 +100,7 @@ async def recommendations(
 
 
 @router.get(
-    "/items/{item_id}/similar",
+    "/items/{item_id:path}/similar",
     response_model=SimilarPublic,
     summary="Items similar to an item",
     responses=problems(*AUTH, 404, 422, 503),

@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/users", tags=["users"])
 
 
 @router.put(
-    "/{user_id}",
+    "/{user_id:path}",
     response_model=ProfilePublic,
     summary="Store a user's profile",
     responses=problems(400, *AUTH, 413, 422, 503),
@@ -44,7 +44,7 @@ async def put_profile(
 
 
 @router.get(
-    "/{user_id}",
+    "/{user_id:path}",
     response_model=ProfilePublic,
     summary="Read a user's profile (admin)",
     responses=problems(*AUTH, 404, 422, 503),
@@ -59,7 +59,7 @@ async def get_profile(_: AdminKey, user_id: UserIdPath, services: ServicesDep) -
 
 
 @router.delete(
-    "/{user_id}",
+    "/{user_id:path}",
     status_code=204,
     response_class=Response,
     summary="Forget a user",

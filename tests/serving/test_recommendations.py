@@ -172,3 +172,18 @@ async def test_popular_uses_trending_events(api: Api) -> None:
     assert in_a["category"] == "A" and category_count(in_a["items"], "A") == 5
     excluded = (await api.app_client.get("/v1/popular", params={"k": 5, "exclude": "b17"})).json()
     assert "b17" not in {item["item_id"] for item in excluded["items"]}
+
+
+async def test_ids_with_slashes_are_reached_percent_encoded(api: Api) -> None:
+    item = min(items_of("A"))
+    await post_events(api, "shop/u1", [item], "purchase")
+
+    body = await recommend(api, "shop%2Fu1", k=5)
+    assert body["user_id"] == "shop/u1" and body["strategy"] == "realtime"
+    assert item not in {entry["item_id"] for entry in body["items"]}
+    stored = await api.app_client.put("/v1/users/shop%2Fu1", json={"timezone": "Asia/Tokyo"})
+    assert stored.status_code == 200 and stored.json()["user_id"] == "shop/u1"
+    assert (await api.admin.get("/v1/users/shop%2Fu1")).json()["timezone"] == "Asia/Tokyo"
+    assert (await api.app_client.delete("/v1/users/shop%2Fu1")).status_code == 204
+    similar = await api.app_client.get("/v1/items/sku%2F123/similar")
+    assert similar.status_code == 404 and "'sku/123'" in similar.json()["detail"]
