@@ -23,7 +23,7 @@ from recsvc.state import Store, unix_micros, utc_now
 from serving.batching import RecommendationBatcher
 from serving.deps import Services
 from serving.metrics import Metrics
-from serving.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from serving.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestContextMiddleware
 from serving.openapi import install_openapi
 from serving.problems import install_problem_handlers
 from serving.routes import campaigns, dead_letters, events, items, models, ops, push, recommendations, users
@@ -130,6 +130,7 @@ def create_app(
     install_openapi(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

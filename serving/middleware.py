@@ -136,6 +136,49 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+class JsonBodyMiddleware:
+    """Answers 415 to a request body the API cannot read: not JSON, or compressed.
+
+    Every body the API takes is JSON. Without this, FastAPI answered a form or plain-text body
+    with a 422 saying only "Input should be a valid dictionary", and a gzipped one with a bare
+    400. Requests without a body pass whatever their headers say.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        unreadable = _unreadable_body(scope) if scope["type"] == "http" else None
+        if unreadable is None:
+            await self.app(scope, receive, send)
+            return
+        response = problem_response(
+            scope,
+            415,
+            title="Unsupported media type",
+            detail=unreadable,
+            type_=problem_type("UnsupportedMediaType"),
+        )
+        await response(scope, receive, send)
+
+
+def _unreadable_body(scope: Scope) -> str | None:
+    """Why the request's body cannot be read as JSON, or None (readable, or no body)."""
+    headers = {bytes(name): bytes(value).decode("latin-1") for name, value in scope.get("headers", [])}
+    if _content_length(scope) == 0 and b"transfer-encoding" not in headers:
+        return None
+    encoding = headers.get(b"content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
+    content_type = headers.get(b"content-type")
+    if content_type is None:
+        return None  # left to the route, which reads the body as JSON or answers what is missing
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return None
+    return f"the body must be JSON, sent with Content-Type: application/json; got {media_type!r}"
+
+
 def _content_length(scope: Scope) -> int:
     for name, value in scope.get("headers", []):
         if name == b"content-length":

@@ -17,6 +17,7 @@ _DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict",
     413: "Request body or batch too large",
+    415: "The body is not JSON (`Content-Type: application/json`), or is compressed",
     422: "Invalid request (every problem located in `errors`)",
     503: "Redis or the model is unavailable; retry after `Retry-After` seconds",
 }

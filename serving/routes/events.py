@@ -54,7 +54,7 @@ _EVENT_EXAMPLES: dict[str, Any] = {
     status_code=202,
     response_model=EventsAccepted,
     summary="Record events",
-    responses=problems(400, *AUTH, 413, 422, 503),
+    responses=problems(400, *AUTH, 413, 415, 422, 503),
 )
 async def post_events(
     _: AppKey,
@@ -89,7 +89,7 @@ async def post_events(
     status_code=202,
     response_model=FeedbackAccepted,
     summary="Record feedback on an item",
-    responses=problems(400, *AUTH, 422, 503),
+    responses=problems(400, *AUTH, 413, 415, 422, 503),
 )
 async def post_feedback(_: AppKey, body: FeedbackCreate, services: ServicesDep) -> FeedbackAccepted:
     """`not_interested`: the item is never recommended to this user again."""

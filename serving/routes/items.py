@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
     "/items",
     response_model=ItemsUpdated,
     summary="Update catalog items (admin)",
-    responses=problems(400, *AUTH, 413, 422, 503),
+    responses=problems(400, *AUTH, 413, 415, 422, 503),
 )
 async def put_items(_: AdminKey, body: ItemsUpdate, services: ServicesDep) -> ItemsUpdated:
     """Merge the given fields into each item; absent fields keep their value.

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/users", tags=["users"])
     "/{user_id:path}",
     response_model=ProfilePublic,
     summary="Store a user's profile",
-    responses=problems(400, *AUTH, 413, 422, 503),
+    responses=problems(400, *AUTH, 413, 415, 422, 503),
 )
 async def put_profile(
     _: AppKey, user_id: UserIdPath, body: ProfileUpdate, services: ServicesDep

@@ -146,6 +146,25 @@ async def test_malformed_json_is_400(api: Api, body: bytes) -> None:
     assert problem["title"] == "Malformed JSON" and problem["errors"][0]["type"] == "json_invalid"
 
 
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        ({"content-type": "text/plain"}, "'text/plain'"),
+        ({"content-type": "application/x-www-form-urlencoded"}, "'application/x-www-form-urlencoded'"),
+        ({"content-type": "application/json", "content-encoding": "gzip"}, "'gzip'"),
+    ],
+)
+async def test_a_body_that_is_not_plain_json_is_415(api: Api, headers: dict[str, str], named: str) -> None:
+    event = b'{"user_id": "u1", "item_id": "a1", "type": "view"}'
+    response = await api.app_client.post("/v1/events", content=event, headers=headers)
+    problem = assert_problem(response, 415)
+    assert named in problem["detail"]
+    as_json = {"content-type": "application/json; charset=utf-8"}
+    assert (await api.app_client.post("/v1/events", content=event, headers=as_json)).status_code == 202
+    bodiless = await api.admin.post("/v1/models/v000001/promote", headers={"content-type": "text/plain"})
+    assert bodiless.status_code == 200, bodiless.text
+
+
 FUZZ: list[tuple[str, str, dict[str, str], bytes | None]] = [
     ("POST", "/v1/events", {"content-type": "application/json"}, b"[]"),
     ("POST", "/v1/events", {"content-type": "application/json"}, b"null"),
