@@ -290,7 +290,7 @@ async def test_read_users_reads_profile_history_and_push_records(
     )
     assert u1.profile is not None and u1.profile["attributes"] == {"tier": "gold"}
     assert [(e.item_id, e.type) for e in u1.recent] == [("a2", "purchase"), ("a1", "view")]
-    assert u1.dismissed == {"b1"}
+    assert u1.dismissed == {"b1", "a2"}  # dismissed, and bought (a purchase excludes for good)
     assert [(p.campaign_id, p.run_id, p.due) for p in u1.pushes] == [("c", "r0", 100.0)]
     assert u1.pushed_items["a3"].message_id == "m0"
     assert u1.message_written and not u1.forgotten
@@ -356,7 +356,7 @@ async def test_fetched_users_decode_to_what_read_users_and_plain_reads_give(
         written = [u.message_written for u in read]
         assert written == ([False, True, False, False, False] if given else [False] * len(users))
     full, bare, forgotten, absent, _ = read
-    assert full.recent and full.dismissed == {"b1", "b2"} and len(full.pushes) == len(full.pushed_items) == 2
+    assert full.recent and full.dismissed == {"a2", "b1", "b2"} and len(full.pushes) == len(full.pushed_items) == 2
     assert bare.profile is not None and not bare.recent and not bare.forgotten
     assert (
         forgotten.profile is None and forgotten.forgotten and absent.profile is None and not absent.forgotten
