@@ -21,6 +21,14 @@ CAMPAIGN_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # The longest look-back a segment takes (a century): far past any kept history, and short enough
 # that a segment's time arithmetic on it (`timedelta`, microseconds) cannot overflow.
 MAX_WINDOW_DAYS = 36_500.0
+# The longest period of an interval schedule and the longest delay of a trigger (366 days): a
+# yearly push is the rarest that repeats; `once` covers anything rarer. Bounded so that the
+# scheduler's date arithmetic (APScheduler adds periods to datetimes) cannot leave `datetime`.
+MAX_PERIOD_MINUTES = 366 * 24 * 60
+# Scheduled times (`once.at`, `interval.start`) lie before this year, in any timezone: decades
+# beyond any real plan, and far enough from `datetime.max` that adding a grace period, a period or
+# a timezone offset to them cannot overflow.
+MAX_SCHEDULE_YEAR = 2100
 
 
 def timezone_name(value: str) -> str:
@@ -33,6 +41,16 @@ def timezone_name(value: str) -> str:
 
 
 TimezoneName = Annotated[str, AfterValidator(timezone_name)]
+
+
+def schedule_time(value: datetime) -> datetime:
+    """A time to fire at that the scheduler can do arithmetic on (before `MAX_SCHEDULE_YEAR`)."""
+    if value.year >= MAX_SCHEDULE_YEAR:
+        raise ValueError(f"must be before the year {MAX_SCHEDULE_YEAR}, got {value.isoformat()}")
+    return value
+
+
+ScheduleTime = Annotated[datetime, AfterValidator(schedule_time)]
 
 
 class Spec(BaseModel):
@@ -147,8 +165,9 @@ class IntervalSchedule(Spec):
     )
 
     kind: Literal["interval"]
-    every_minutes: float = Field(gt=0)
-    start: datetime | None = None
+    # At least a minute: a firing's run id is its minute, so two firings in one minute are one run.
+    every_minutes: float = Field(ge=1, le=MAX_PERIOD_MINUTES)
+    start: ScheduleTime | None = None
     timezone: TimezoneName = "UTC"
 
 
@@ -160,7 +179,7 @@ class OnceSchedule(Spec):
     )
 
     kind: Literal["once"]
-    at: datetime
+    at: ScheduleTime
     timezone: TimezoneName = "UTC"
 
 
@@ -179,7 +198,10 @@ class LocalTimeSchedule(Spec):
     kind: Literal["local_time"]
     at: ClockTime
     prepare_at: ClockTime = "00:00"
-    weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
+    # None is every day; an empty list would be no day at all, so it is refused.
+    weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = Field(
+        default=None, min_length=1
+    )
 
 
 Schedule = Annotated[
@@ -205,7 +227,7 @@ class Trigger(Spec):
     )
 
     event: str = Field(min_length=1)
-    delay_minutes: float = Field(ge=0)
+    delay_minutes: float = Field(ge=0, le=MAX_PERIOD_MINUTES)
     cancel_on: list[str] = Field(default_factory=list)
     same_item: bool = False
 

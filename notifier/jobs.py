@@ -142,12 +142,23 @@ def every(interval: float | timedelta, now: datetime) -> Any:
 
 
 def apply_jobs(scheduler: AsyncIOScheduler, wanted: Sequence[JobSpec], now: datetime) -> None:
-    """Add or replace the wanted jobs whose fingerprint changed; remove every other job (blocking)."""
+    """Add or replace the wanted jobs whose fingerprint changed; remove every other job (blocking).
+
+    A job whose trigger cannot compute its first firing (a time past `datetime`'s range) is
+    logged and removed like an unwanted one: the other jobs are still applied.
+    """
     stored = {job.id: job.name for job in scheduler.get_jobs()}
+    kept = set()
     for spec in wanted:
         if stored.get(spec.id) == spec.name:
+            kept.add(spec.id)
             continue
-        first = spec.trigger.get_next_fire_time(None, now)
+        try:
+            first = spec.trigger.get_next_fire_time(None, now)
+        except (ValueError, ArithmeticError):
+            log.exception("cannot schedule job %s (%s); removing it", spec.id, spec.name)
+            continue
+        kept.add(spec.id)
         if first is None:  # a schedule with nothing left to fire
             continue
         scheduler.add_job(
@@ -160,7 +171,7 @@ def apply_jobs(scheduler: AsyncIOScheduler, wanted: Sequence[JobSpec], now: date
             replace_existing=True,
         )
         log.info("scheduled job %s: %s, next at %s", spec.id, spec.name, first.isoformat())
-    for job_id in stored.keys() - {spec.id for spec in wanted}:
+    for job_id in stored.keys() - kept:
         with suppress(JobLookupError):  # fired its last time meanwhile
             scheduler.remove_job(job_id)
             log.info("removed job %s", job_id)

@@ -250,8 +250,10 @@ class CampaignScheduler:
         for campaign in await self.campaigns.list():
             try:
                 job = await self._campaign_job(campaign, now)
-            except ValueError as exc:  # a schedule APScheduler cannot follow: the others still run
-                log.error("cannot schedule campaign %s: %s", campaign.id, exc)
+            except RecsvcError:  # Redis unavailable: the round fails, and no job is dropped for it
+                raise
+            except Exception:  # a schedule this scheduler cannot follow: the others still run
+                log.exception("cannot schedule campaign %s; it gets no job", campaign.id)
                 continue
             if job is not None:
                 wanted.append(job)

@@ -2,29 +2,36 @@
 
 A campaign is one JSON document in the hash `Keys.campaigns`, so saving it is one atomic write
 and the scheduler sees either the old or the new version. Saving checks what pydantic cannot:
-the templates (see `notifier.templates`, against the attributes stored profiles really have)
+the templates (see `notifier.templates`, against the attributes stored profiles really have, with
+values of the types they have)
 and the event types of a trigger (they must be configured in `[events.types]`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from notifier.campaign import Campaign, CampaignSpec, CampaignStatus
-from notifier.templates import Templates
+from notifier.templates import Templates, sample_attributes
 from recsvc.config import Settings
 from recsvc.errors import ConflictError, InputError, NotFoundError
 from recsvc.keys import Keys
 from recsvc.redis_conn import unavailable_as_error
 from recsvc.state import utc_now
 
-# Profiles sampled to learn which attribute names exist, for the template check.
+log = logging.getLogger(__name__)
+
+# Profiles sampled to learn which attribute names exist (and their types), for the template check.
 ATTRIBUTE_SAMPLE = 500
 
 
@@ -71,13 +78,30 @@ class CampaignStore:
             stored = await self._redis.hget(self._keys.campaigns(), campaign_id)
         if stored is None:
             raise NotFoundError(f"no campaign {campaign_id!r}", campaign_id=campaign_id)
-        return Campaign.model_validate_json(stored)
+        try:
+            return Campaign.model_validate_json(stored)
+        except ValidationError as exc:  # saved before a check existed, or corrupted
+            raise ConflictError(
+                f"campaign {campaign_id!r} is stored in a form this version refuses "
+                f"({exc.errors()[0]['msg']}): delete it and create it again",
+                campaign_id=campaign_id,
+            ) from exc
 
     async def list(self) -> list[Campaign]:
-        """Every campaign, oldest first."""
+        """Every valid campaign, oldest first.
+
+        A document that no longer validates (saved before a check existed, or corrupted) is
+        logged and left out, so that one bad campaign cannot stop the scheduler, the triggers or
+        this list from handling the others.
+        """
         with unavailable_as_error("list campaigns"):
-            stored = await self._redis.hvals(self._keys.campaigns())
-        campaigns = [Campaign.model_validate_json(document) for document in stored]
+            stored = await self._redis.hgetall(self._keys.campaigns())
+        campaigns = []
+        for campaign_id, document in stored.items():
+            try:
+                campaigns.append(Campaign.model_validate_json(document))
+            except ValidationError as exc:
+                log.error("campaign %s is invalid and left out: %s", campaign_id, exc)
         return sorted(campaigns, key=lambda campaign: (campaign.created_at, campaign.id))
 
     async def replace(self, campaign_id: str, spec: CampaignSpec) -> Campaign:
@@ -104,10 +128,14 @@ class CampaignStore:
         return updated
 
     async def delete(self, campaign_id: str) -> None:
-        """Delete the campaign with its runs, statistics and pending triggers (sent messages expire)."""
-        await self.get(campaign_id)
+        """Delete the campaign with its runs, statistics and pending triggers (sent messages expire).
+
+        Only its existence is checked, so a campaign stored in a form `get` refuses can go too.
+        """
         keys = self._keys
         with unavailable_as_error("delete campaign"):
+            if not await self._redis.hexists(keys.campaigns(), campaign_id):
+                raise NotFoundError(f"no campaign {campaign_id!r}", campaign_id=campaign_id)
             runs = [str(run) for run in await self._redis.zrange(keys.campaign_runs(campaign_id), 0, -1)]
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hdel(keys.campaigns(), campaign_id)
@@ -143,10 +171,12 @@ class CampaignStore:
                         f"(configured: {', '.join(sorted(known_types))})",
                         field=field,
                     )
-        self._templates.check(spec.content, await self.profile_attributes())
+        attributes = sample_attributes(await self.profile_attributes())
+        # In a thread: rendering is CPU work, and the event loop serves other requests meanwhile.
+        await asyncio.to_thread(self._templates.check, spec.content, attributes)
 
-    async def profile_attributes(self) -> set[str]:
-        """Attribute names found on a random sample of stored profiles."""
+    async def profile_attributes(self) -> Sequence[dict[str, Any]]:
+        """The attributes of a random sample of stored profiles."""
         keys = self._keys
         with unavailable_as_error("sample profiles"):
             users = [
@@ -156,16 +186,8 @@ class CampaignStore:
                 for user_id in users:
                     pipe.hget(keys.profile(user_id), "attributes")
                 documents = await pipe.execute()
-        names: set[str] = set()
-        for document in documents:
-            if document:
-                names.update(_attribute_names(document))
-        return names
-
-
-def _attribute_names(document: str) -> list[str]:
-    attributes = json.loads(document)
-    return list(attributes) if isinstance(attributes, dict) else []
+        decoded = [json.loads(document) for document in documents if document]
+        return [attributes for attributes in decoded if isinstance(attributes, dict)]
 
 
 def _new_id(name: str) -> str:

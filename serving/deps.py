@@ -130,23 +130,32 @@ def check_id_length(loc: list[str | int], value: str, settings: Settings) -> dic
     return {"loc": loc, "msg": f"ids are at most {limit} characters, got {len(value)}", "type": "id_too_long"}
 
 
+def _checked_id(request: Request, loc: list[str | int], value: str) -> str:
+    error = check_id_length(loc, value, services_of(request).settings)
+    if error is not None:
+        raise InvalidRequest([error])
+    return value
+
+
 async def get_user_id(
     request: Request, user_id: Annotated[str, Path(min_length=1, examples=["u1001"])]
 ) -> str:
-    error = check_id_length(["path", "user_id"], user_id, services_of(request).settings)
-    if error is not None:
-        raise InvalidRequest([error])
-    return user_id
+    return _checked_id(request, ["path", "user_id"], user_id)
 
 
 async def get_item_id(request: Request, item_id: Annotated[str, Path(min_length=1, examples=["i42"])]) -> str:
-    error = check_id_length(["path", "item_id"], item_id, services_of(request).settings)
-    if error is not None:
-        raise InvalidRequest([error])
-    return item_id
+    return _checked_id(request, ["path", "item_id"], item_id)
+
+
+async def get_user_id_query(
+    request: Request, user_id: Annotated[str, Query(min_length=1, examples=["u1001"])]
+) -> str:
+    """A user id given as `?user_id=`, held to the same length limit as one in a path."""
+    return _checked_id(request, ["query", "user_id"], user_id)
 
 
 UserIdPath = Annotated[str, Depends(get_user_id)]
+UserIdQuery = Annotated[str, Depends(get_user_id_query)]
 ItemIdPath = Annotated[str, Depends(get_item_id)]
 
 

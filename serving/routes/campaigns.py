@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Response
 from pydantic import ConfigDict, Field
 
 from notifier.campaign import Campaign, CampaignSpec, Segment
 from notifier.runner import manual_run_id
 from notifier.stats import campaign_stats
 from recsvc.keys import Keys
-from serving.deps import AdminKey, ServicesDep
+from serving.deps import AdminKey, ServicesDep, UserIdQuery
 from serving.openapi import AUTH, problems
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
@@ -198,7 +198,7 @@ async def campaign_audience(_: AdminKey, campaign_id: CampaignId, services: Serv
 async def preview(
     _: AdminKey,
     campaign_id: CampaignId,
-    user_id: Annotated[str, Query(min_length=1, examples=["u1001"])],
+    user_id: UserIdQuery,
     services: ServicesDep,
 ) -> dict[str, Any]:
     """Renders exactly the push a run would write for this user now, writing nothing: their group

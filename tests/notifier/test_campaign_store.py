@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ from scheduler_support import campaign_spec as spec
 from shop import ManualClock
 
 from notifier.store import CampaignStore
+from notifier.templates import sample_attributes
 from recsvc.config import Settings
 from recsvc.errors import ConflictError, InputError, NotFoundError
 from recsvc.keys import Keys
@@ -40,6 +42,16 @@ def campaigns(aredis: Any, shop_settings: Settings, clock: ManualClock) -> Campa
         ({"rules": {"item_repeat_days": float("inf")}}, "item_repeat_days"),
         ({"content": {"title": "t", "body": "b", "source": "trigger_item"}}, "needs a trigger"),
         ({"colour": "red"}, "colour"),
+        # Found by the API audit: each was saved, then failed every preview or scheduler round.
+        ({"schedule": {"kind": "local_time", "at": "18:30", "weekdays": []}}, "weekdays"),
+        (
+            {"schedule": {"kind": "once", "at": "9999-12-31T23:59:59", "timezone": "Pacific/Kiritimati"}},
+            "before the year 2100",
+        ),
+        ({"schedule": {"kind": "interval", "every_minutes": 1e12}}, "every_minutes"),
+        ({"schedule": {"kind": "interval", "every_minutes": 0.0001}}, "every_minutes"),
+        ({"schedule": {"kind": "interval", "every_minutes": 60, "start": "9999-01-01T00:00:00"}}, "2100"),
+        ({"schedule": None, "trigger": {"event": "add_to_cart", "delay_minutes": 1e308}}, "delay_minutes"),
     ],
 )
 def test_the_schema_rejects_invalid_campaigns(changes: dict[str, Any], message: str) -> None:
@@ -101,6 +113,21 @@ async def test_deleting_a_campaign_removes_its_runs_and_statistics(
         ({"title": "t", "body": "{{ user.first_name }}"}, "content.body", "first_name"),
         ({"title": "t", "body": "{% for i in items %}{{ i.title }}"}, "content.body", "syntax"),
         ({"title": "t", "body": "b", "deep_link": "shop://{{ item.sku }}"}, "content.deep_link", "sku"),
+        # Found by the API audit: these were 500s, not 400s.
+        ({"title": "{{ item.title | nosuchfilter }}", "body": "b"}, "content.title", "nosuchfilter"),
+        ({"title": "t", "body": "{{ x is nosuchtest }}"}, "content.body", "nosuchtest"),
+        ({"title": "{{ item.price is nosuchtest }}", "body": "b"}, "content.title", "nosuchtest"),
+        # Jinja itself reports an unknown filter in a branch only when the branch runs.
+        (
+            {"title": "{% if items | length > 99 %}{{ item.title | shout }}{% endif %}", "body": "b"},
+            "content.title",
+            "unknown filter.* shout",
+        ),
+        # Found by the API audit: 23 s and 1.3 GB on the event loop, then saved.
+        ({"title": "{{ 'x' * 10**9 }}", "body": "b"}, "content.title", "would repeat"),
+        ({"title": "t", "body": "{{ items * 10**9 }}"}, "content.body", "would repeat"),
+        ({"title": "{{ 10 ** (10 ** 9) }}", "body": "b"}, "content.title", "number over 1024 bits"),
+        ({"title": "t", "body": "{{ 'ab' * 2048 }}!"}, "content.body", "renders 4097 characters"),
     ],
 )
 async def test_a_template_that_cannot_render_is_rejected_on_save(
@@ -144,3 +171,69 @@ def test_rules_override_only_what_a_campaign_sets(shop_settings: Settings) -> No
     defaults = shop_settings.notifier.rules
     assert (rules.max_per_day, rules.quiet_start) == (1, "22:30")
     assert (rules.max_per_week, rules.quiet_end) == (defaults.max_per_week, defaults.quiet_end)
+
+
+async def test_a_template_is_checked_with_attribute_values_of_the_stored_types(
+    campaigns: CampaignStore, store: Store
+) -> None:
+    """Found by the API audit: `{{ user.points + 1 }}` was rejected on save because the sample user
+    had every attribute as a string, while profiles store points as a number."""
+    await store.put_profile("u1", {"attributes": {"points": 120, "vip": True, "first_name": "Ada"}})
+    await store.put_profile("u2", {"attributes": {"points": 80, "share": 0.5, "tags": ["new"]}})
+    content = {
+        "title": "{{ user.first_name | default('Hi') }}: {{ user.points + 1 }} points",
+        "body": "{{ 'VIP' if user.vip else '' }} {{ (user.share * 100) | round }}% {{ user.tags[0] }}",
+    }
+    assert (await campaigns.create(spec(content=content))).content.title == content["title"]
+    with pytest.raises(InputError, match="points_total"):
+        await campaigns.create(spec(content={"title": "{{ user.points_total + 1 }}", "body": "b"}))
+
+
+@pytest.mark.parametrize(
+    ("content", "hinted"),
+    [
+        ({"title": "{{ user.first_name }}", "body": "b"}, True),
+        ({"title": "{{ user['first_name'] }}", "body": "b"}, True),
+        ({"title": "{{ item.colour }}", "body": "b"}, False),
+        ({"title": "{{ campaign.owner }}", "body": "b"}, False),
+        ({"title": "{{ item.title", "body": "b"}, False),
+        ({"title": "{{ item.title.__class__ }}", "body": "b"}, False),
+        ({"title": "{{ 'x' * 10**9 }}", "body": "b"}, False),
+    ],
+)
+async def test_only_an_unknown_user_attribute_gets_the_default_hint(
+    campaigns: CampaignStore, content: dict[str, Any], hinted: bool
+) -> None:
+    """Found by the API audit: every template error said a user attribute needs `| default(...)`."""
+    with pytest.raises(InputError) as raised:
+        await campaigns.create(spec(content=content))
+    assert ("| default(...)" in raised.value.detail) is hinted, raised.value.detail
+
+
+def test_sample_attributes_take_the_type_most_profiles_store() -> None:
+    stored = [{"points": 1, "tier": "gold"}, {"points": "many"}, {"points": 7, "address": {"city": "Oslo"}}]
+    assert sample_attributes(stored) == {
+        "points": 1,
+        "tier": "sample tier",
+        "address": {"city": "Oslo"},
+    }
+
+
+async def test_an_invalid_stored_campaign_is_left_out_of_the_list(
+    campaigns: CampaignStore, aredis: Any, shop_settings: Settings
+) -> None:
+    """One saved before a check existed (or corrupted) must not hide the others."""
+    await campaigns.create(spec(), campaign_id="weekly")
+    bad = (await campaigns.get("weekly")).model_dump(mode="json")
+    bad.update(id="far", schedule={"kind": "once", "at": "9999-12-31T23:59:59"})
+    await aredis.hset(
+        Keys(shop_settings.redis.prefix).campaigns(), mapping={"far": json.dumps(bad), "junk": "{"}
+    )
+    assert [campaign.id for campaign in await campaigns.list()] == ["weekly"]
+    with pytest.raises(ConflictError, match="'far' is stored in a form this version refuses"):
+        await campaigns.get("far")
+    await campaigns.delete("far")
+    with pytest.raises(NotFoundError):
+        await campaigns.get("far")
+    with pytest.raises(NotFoundError):
+        await campaigns.delete("far")

@@ -31,6 +31,7 @@ from notifier.campaign import Campaign, Segment
 from notifier.messages import message_id
 from notifier.run_leases import RunConflict
 from notifier.runner import CampaignRunner, ModelNotLoaded
+from notifier.templates import MAX_TEXT_CHARS
 from recsvc.config import Settings
 from recsvc.current_model import ModelHolder
 from recsvc.engine import RecentEvent
@@ -274,6 +275,25 @@ async def test_a_template_failing_for_a_user_is_counted(
     assert summary.counts == {"targeted": 2, "sent": 1, "suppressed:template_error": 1}
     assert (await message_of(aredis, keys, mid("spring", "r1", "gA-u1")))["title"] == "Hi Ann"
     assert not await aredis.exists(keys.message(mid("spring", "r1", "gA-u2")))
+
+
+async def test_a_text_too_long_or_refused_for_a_users_data_is_a_template_error(
+    runner: CampaignRunner, store: Store, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """The save-time check cannot see every user's data: `'*' * user.stars` for a user with a
+    billion stars must be refused, and a text past `MAX_TEXT_CHARS` not sent, for that user only."""
+    await put_profiles(
+        store,
+        {
+            "gA-u1": {**REACHABLE, "attributes": {"stars": 3, "bio": "short"}},
+            "gA-u2": {**REACHABLE, "attributes": {"stars": 10**9, "bio": "short"}},
+            "gA-u3": {**REACHABLE, "attributes": {"stars": 3, "bio": "b" * (MAX_TEXT_CHARS + 1)}},
+        },
+    )
+    rating = campaign(content={"title": "{{ '*' * user.stars }}", "body": "{{ user.bio }}"})
+    summary = await runner.run(rating, "r1")
+    assert summary.counts == {"targeted": 3, "sent": 1, "suppressed:template_error": 2}
+    assert (await message_of(aredis, keys, mid("spring", "r1", "gA-u1")))["title"] == "***"
 
 
 # --- sampling and control ---------------------------------------------------------------------------

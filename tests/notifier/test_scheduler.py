@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from apscheduler.schedulers.base import STATE_STOPPED
+from apscheduler.triggers.interval import IntervalTrigger
 from scheduler_support import (
     RecordingRunner,
     RunCall,
@@ -21,7 +23,9 @@ from scheduler_support import (
 )
 from shop import NOW, ManualClock
 
+from notifier.campaign import Campaign
 from notifier.crontab import crontab_weekdays
+from notifier.jobs import JobSpec, apply_jobs, campaign_job, every
 from notifier.scheduler import (
     ARCHIVE_JOB,
     EVENT_FEED_JOB,
@@ -304,6 +308,75 @@ async def test_jobs_survive_a_restart_because_they_live_in_redis(
 
     # The stored job is kept: its missed run is still pending, to fire within the grace time.
     assert next_run(restarted, "campaign:weekly") == datetime(2024, 2, 2, 8, 0, tzinfo=UTC)
+
+
+async def test_a_stored_campaign_the_scheduler_cannot_follow_does_not_stop_the_others(
+    schedulers: Factory, campaigns: CampaignStore, aredis: aioredis.Redis, shop_settings: Settings
+) -> None:
+    """Found by the API audit: a `once` at 9999-12-31 (OverflowError adding the grace) or an
+    `interval` of 1e12 minutes (ValueError in APScheduler) failed every round, so no campaign was
+    scheduled. Saving now refuses both; these are stored as if saved before that check."""
+    await create(campaigns, "weekly", campaign_spec())
+    good = (await campaigns.get("weekly")).model_dump(mode="json")
+    bad_schedules = {
+        "far": {"kind": "once", "at": "9999-12-31T23:59:59", "timezone": "Pacific/Kiritimati"},
+        "rare": {"kind": "interval", "every_minutes": 1e12, "timezone": "UTC"},
+    }
+    stored = {
+        campaign_id: json.dumps({**good, "id": campaign_id, "schedule": schedule})
+        for campaign_id, schedule in bad_schedules.items()
+    }
+    await aredis.hset(Keys(shop_settings.redis.prefix).campaigns(), mapping=stored)
+    scheduler = schedulers("first")
+
+    await scheduler.tick()
+
+    assert job_ids(scheduler) == {"campaign:weekly", *POLLING}
+
+
+async def test_a_campaign_whose_job_cannot_be_built_is_skipped(
+    aredis: aioredis.Redis,
+    shop_settings: Settings,
+    runner: RecordingRunner,
+    clock: ManualClock,
+    campaigns: CampaignStore,
+) -> None:
+    """Whatever breaks one campaign's job (here: any error), the round schedules the others."""
+
+    class Breaking(CampaignScheduler):
+        async def _campaign_job(self, campaign: Campaign, now: datetime) -> JobSpec | None:
+            if campaign.id == "broken":
+                raise OverflowError("date value out of range")
+            return await super()._campaign_job(campaign, now)
+
+    await create(campaigns, "broken", campaign_spec())
+    await create(campaigns, "weekly", campaign_spec())
+    scheduler = Breaking(aredis, scheduler_settings(shop_settings), runner, clock=clock, fire_jobs=False)
+    try:
+        await scheduler.tick()
+        assert job_ids(scheduler) == {"campaign:weekly", *POLLING}
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_job_whose_trigger_cannot_compute_its_first_firing_is_removed(
+    schedulers: Factory, campaigns: CampaignStore
+) -> None:
+    await create(campaigns, "weekly", campaign_spec())
+    scheduler = schedulers("first")
+    await scheduler.tick()
+    assert scheduler.apscheduler is not None
+    start = NOW - timedelta(days=1)  # the next firing lies past the year 9999
+    overflowing = IntervalTrigger(minutes=1e12, start_date=start, timezone=UTC)
+    wanted = [
+        JobSpec("campaign:rare", "rare", campaign_job, overflowing, ("rare",)),
+        JobSpec("campaign:daily", "daily", campaign_job, every(timedelta(days=1), NOW), ("daily",)),
+    ]
+    scheduler.apscheduler.add_job(campaign_job, every(60, NOW), args=("rare",), id="campaign:rare")
+
+    await asyncio.to_thread(apply_jobs, scheduler.apscheduler, wanted, NOW)
+
+    assert job_ids(scheduler) == {"campaign:daily"}
 
 
 # --- job bodies ---------------------------------------------------------------------------------------

@@ -356,7 +356,11 @@ async def test_fetched_users_decode_to_what_read_users_and_plain_reads_give(
         written = [u.message_written for u in read]
         assert written == ([False, True, False, False, False] if given else [False] * len(users))
     full, bare, forgotten, absent, _ = read
-    assert full.recent and full.dismissed == {"a2", "b1", "b2"} and len(full.pushes) == len(full.pushed_items) == 2
+    assert (
+        full.recent
+        and full.dismissed == {"a2", "b1", "b2"}
+        and len(full.pushes) == len(full.pushed_items) == 2
+    )
     assert bare.profile is not None and not bare.recent and not bare.forgotten
     assert (
         forgotten.profile is None and forgotten.forgotten and absent.profile is None and not absent.forgotten

@@ -202,3 +202,68 @@ async def test_segment_windows_past_a_century_are_invalid_not_a_crash(api: Api, 
     assert longest.status_code == 200, longest.text
     too_far = {**CAMPAIGN, "segment": {window: 1e9}}
     assert_problem(await api.admin.post("/v1/campaigns", json=too_far), 422)
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        ({"title": "{{ item.title | nosuchfilter }}"}, "nosuchfilter"),
+        ({"title": "{{ x is nosuchtest }}"}, "nosuchtest"),
+        ({"title": "{{ item.price is nosuchtest }}"}, "nosuchtest"),
+        ({"title": "{{ 'x' * 10**9 }}"}, "would repeat"),
+        ({"body": "{{ 'ab' * 2048 }}!"}, "at most 4096"),
+    ],
+)
+async def test_a_template_that_cannot_render_is_a_400_naming_it(
+    api: Api, content: dict[str, str], detail: str
+) -> None:
+    """Found by the API audit: unknown filters and tests answered 500, and `'x' * 10**9` took 23 s
+    and 1.3 GB before it was saved."""
+    broken = {**CAMPAIGN, "content": {**CAMPAIGN["content"], **content}}
+    problem = assert_problem(await api.admin.post("/v1/campaigns", json=broken), 400, detail=detail)
+    assert "| default(...)" not in problem["detail"]
+    assert (await api.admin.get("/v1/campaigns")).json() == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"schedule": {"kind": "local_time", "at": "18:30", "weekdays": []}}, "weekdays"),
+        ({"schedule": {"kind": "once", "at": "9999-12-31T23:59:59", "timezone": "Pacific/Kiritimati"}}, "at"),
+        ({"schedule": {"kind": "interval", "every_minutes": 1e12}}, "every_minutes"),
+        ({"schedule": {"kind": "interval", "every_minutes": 0.0001}}, "every_minutes"),
+        (
+            {"schedule": None, "trigger": {"event": "add_to_cart", "delay_minutes": 1e308}},
+            "delay_minutes",
+        ),
+    ],
+)
+async def test_a_schedule_the_scheduler_cannot_follow_is_a_422(
+    api: Api, changes: dict[str, Any], field: str
+) -> None:
+    """Found by the API audit: each was saved (201), then failed every preview or scheduler round."""
+    problem = assert_problem(await api.admin.post("/v1/campaigns", json={**CAMPAIGN, **changes}), 422)
+    assert any(error["loc"][-1] == field for error in problem["errors"]), problem["errors"]
+
+
+async def test_a_template_may_do_arithmetic_on_a_numeric_attribute(api: Api) -> None:
+    """Found by the API audit: the save-time check's sample user had `points` as a string."""
+    profile = {"push_consent": True, "devices": PHONE, "attributes": {"points": 1200}}
+    assert (await api.app_client.put("/v1/users/gA-u1", json=profile)).status_code == 200
+    content = {"title": "{{ item.title }}", "body": "{{ user.points + 1 }} points"}
+    created = await api.admin.post("/v1/campaigns", json={**NOW_CAMPAIGN, "content": content})
+    assert created.status_code == 201, created.text
+    preview = await api.admin.get("/v1/campaigns/now/preview", params={"user_id": "gA-u1"})
+    assert preview.json()["body"] == "1201 points"
+
+
+async def test_a_preview_user_id_over_the_id_limit_is_a_422(api: Api) -> None:
+    """Found by the API audit: every other route refuses ids over `[events] max_id_length`."""
+    assert (await api.admin.post("/v1/campaigns", json=NOW_CAMPAIGN)).status_code == 201
+    limit = api.settings.events.max_id_length
+    problem = assert_problem(
+        await api.admin.get("/v1/campaigns/now/preview", params={"user_id": "u" * (limit + 1)}), 422
+    )
+    assert problem["errors"][0]["loc"] == ["query", "user_id"], problem["errors"]
+    longest = await api.admin.get("/v1/campaigns/now/preview", params={"user_id": "u" * limit})
+    assert longest.status_code == 200, longest.text
