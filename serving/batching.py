@@ -9,7 +9,8 @@ Nothing waits on a timer. A request queues its user and the batch runs at the en
 current event-loop turn, so at low load every batch is a single request served as soon as
 before, and batches grow only when requests arrive faster than they are answered, which is
 when the saving matters. Each request's state is still read fresh from Redis before it queues,
-so a batch answers exactly what the requests would have got one by one.
+so a batch answers what the requests would have got one by one (with one `now` for the batch,
+read when it runs).
 """
 
 from __future__ import annotations
