@@ -8,7 +8,7 @@ With Redis down they answer 503 with `Retry-After`: the client keeps the events 
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
@@ -31,6 +31,9 @@ router = APIRouter(prefix="/v1", tags=["events"])
 
 # How far ahead of this server's clock an event may be stamped (clients' clocks drift).
 MAX_CLOCK_SKEW = timedelta(minutes=10)
+# The earliest time an event may be stamped: no app event predates it, and an earlier one is
+# usually a client's missing value sent as 0 (1970-01-01) or as year 1.
+EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
 
 _EVENT_EXAMPLES: dict[str, Any] = {
     "one": {
@@ -127,6 +130,14 @@ def _validate(events: list[EventCreate], settings: Settings, now: datetime, *, b
         if event.ts is not None and event.ts > now + MAX_CLOCK_SKEW:
             errors.append(
                 {"loc": [*loc, "ts"], "msg": f"ts {event.ts.isoformat()} is in the future", "type": "future"}
+            )
+        elif event.ts is not None and event.ts < EARLIEST_EVENT:
+            errors.append(
+                {
+                    "loc": [*loc, "ts"],
+                    "msg": f"ts {event.ts.isoformat()} is before {EARLIEST_EVENT.date().isoformat()}",
+                    "type": "too_old",
+                }
             )
     if errors:
         raise InvalidRequest(errors)

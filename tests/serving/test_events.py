@@ -115,6 +115,16 @@ async def test_future_timestamps_are_rejected(api: Api) -> None:
     assert body["errors"][0]["loc"] == ["body", "ts"]
 
 
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "1999-12-31T23:59:59Z"])
+async def test_timestamps_before_2000_are_rejected_as_missing_values(api: Api, ts: str) -> None:
+    event = {"user_id": "u", "item_id": "a1", "type": "view", "ts": ts}
+    body = assert_problem(await api.app_client.post("/v1/events", json={"events": [event]}), 422)
+    assert body["errors"][0]["loc"] == ["body", "events", 0, "ts"]
+    assert body["errors"][0]["type"] == "too_old" and "2000-01-01" in body["errors"][0]["msg"]
+    oldest = {**event, "ts": "2000-01-01T00:00:00Z"}
+    assert (await api.app_client.post("/v1/events", json=oldest)).status_code == 202
+
+
 async def test_a_batch_over_the_limit_is_413(api: Api) -> None:
     limit = api.settings.serving.max_batch
     events = [{"user_id": "u1", "item_id": "a1", "type": "view"}] * (limit + 1)
