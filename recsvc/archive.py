@@ -9,7 +9,8 @@ acknowledged (while the notifier is stopped the stream keeps growing, by design)
 between any two of these steps is repaired by the next run: a file beyond the mark means the
 mark was not advanced yet (the run advances it from the file names), and entries up to the mark
 still in the stream are trimmed. No event is written twice and none is trimmed before its file
-is on disk. One run at a time holds a lease in Redis.
+is on disk. One run at a time holds a lease in Redis, which a thread of the run keeps renewing,
+so a killed run's lease lapses within `ARCHIVE_LOCK_TTL_SECONDS`.
 
 Events of forgotten users are left out. Files archived before a user was forgotten still hold
 their events: readers of the archive drop them with `forgotten_users`.
@@ -20,8 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,19 +83,51 @@ def archive_events(
     keys = Keys(settings.redis.prefix)
     step = checkpoint or (lambda _step, _path: None)
     with unavailable_as_error("archive"):
-        lease = redis.lock(keys.events_archive_lock(), timeout=ARCHIVE_LOCK_TTL_SECONDS, blocking=False)
+        # Not thread-local: the renewing thread must see the token the run acquired it with.
+        lease = redis.lock(
+            keys.events_archive_lock(), timeout=ARCHIVE_LOCK_TTL_SECONDS, blocking=False, thread_local=False
+        )
         if not lease.acquire():
-            raise ArchiveBusy("another `recsvc events archive` is running", key=keys.events_archive_lock())
+            raise ArchiveBusy(
+                "another `recsvc events archive` is running (the lease of one that was killed lapses "
+                f"within {ARCHIVE_LOCK_TTL_SECONDS} s)",
+                key=keys.events_archive_lock(),
+            )
         try:
-            return _archive(redis, keys, folder, batch, step, lease)
+            with _renewed(lease, every=ARCHIVE_LOCK_TTL_SECONDS / 3):
+                return _archive(redis, keys, folder, batch, step)
         finally:
             if lease.owned():
                 lease.release()
 
 
-def _archive(
-    client: redis.Redis, keys: Keys, folder: Path, batch: int, step: Checkpoint, lease: Lock
-) -> ArchiveResult:
+@contextmanager
+def _renewed(lease: Lock, *, every: float) -> Iterator[None]:
+    """Renew `lease` to its full TTL every `every` seconds until the block ends.
+
+    A thread rather than a renewal per batch: a batch may take longer than the TTL (a slow disk,
+    a large `--batch`), and the TTL can then stay short. A renewal fails only when Redis is
+    unreachable, when the run's own calls fail too, or when the lease was lost.
+    """
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(every):
+            try:
+                lease.reacquire()
+            except Exception:  # lost, or Redis unreachable: nothing to do but stop renewing
+                return
+
+    renewer = threading.Thread(target=renew, name="recsvc-archive-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
+
+
+def _archive(client: redis.Redis, keys: Keys, folder: Path, batch: int, step: Checkpoint) -> ArchiveResult:
     mark = _reconcile(client, keys, folder)
     if mark is not None:
         _trim(client, keys, mark)
@@ -116,7 +151,6 @@ def _archive(
         _trim(client, keys, last)
         step("trimmed", path)
         mark, archived, dropped = last, archived + table.num_rows, dropped + left_out
-        lease.reacquire()
         if len(entries) < batch:
             break
     return ArchiveResult(archived=archived, dropped=dropped, files=tuple(files), mark=mark)

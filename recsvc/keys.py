@@ -11,9 +11,10 @@ from recsvc.config import ServingConfig
 
 SECONDS_PER_DAY = 86_400
 
-# The archive lease: long enough for one batch of the archive to be written; renewed per batch,
-# so a crashed archiver blocks the next run for at most this long.
-ARCHIVE_LOCK_TTL_SECONDS = 600
+# The archive lease, renewed by a thread of the run every third of it: a killed archiver blocks
+# the next run (and the scheduler's archive job) for at most this long. It was 600 s, renewed per
+# batch, and a run killed with `kill -9` refused every rerun for ten minutes.
+ARCHIVE_LOCK_TTL_SECONDS = 30
 
 # Consumer groups: the notifier's on the event stream (triggers and conversions; the archive reads
 # by id and trims only what this group has finished), and the delivery workers' on the outbox.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
+from recsvc import archive
 from recsvc.archive import ARCHIVE_FILE, ArchiveBusy, archive_events, forgotten_users
 from recsvc.cli import main
 from recsvc.config import Settings
@@ -209,6 +211,28 @@ def test_only_one_run_at_a_time(redis_settings: Settings, redis_client: redis.Re
             archive_events(redis_client, redis_settings, folder)
     finally:
         lease.release()
+
+
+def test_the_lease_is_renewed_while_a_batch_takes_longer_than_its_ttl(
+    redis_settings: Settings, redis_client: redis.Redis, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TTL can then be short (30 s), so a run killed with `kill -9` no longer refuses every
+    rerun for ten minutes."""
+    monkeypatch.setattr(archive, "ARCHIVE_LOCK_TTL_SECONDS", 1)
+    key = Keys(redis_settings.redis.prefix).events_archive_lock()
+    record(redis_settings, make_events(4, users=2))
+    remaining: list[int] = []
+
+    def slow_batch(step: str, path: Path | None) -> None:
+        if step == "written":
+            time.sleep(1.5)  # a batch longer than the lease's TTL
+            remaining.append(redis_client.pttl(key))
+
+    result = archive_events(redis_client, redis_settings, folder, batch=2, checkpoint=slow_batch)
+
+    assert result.archived == 4 and len(remaining) == 2
+    assert all(0 < milliseconds <= 1000 for milliseconds in remaining), remaining  # renewed meanwhile
+    assert redis_client.exists(key) == 0  # released at the end
 
 
 def test_the_command_archives_into_the_data_folder(
