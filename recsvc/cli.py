@@ -182,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecsvcError as exc:
         print(f"recsvc: {exc.detail}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the system's answer about a path the user gave: a file, not a folder...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"recsvc: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

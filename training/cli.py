@@ -139,7 +139,11 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 def register_train(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     train = subparsers.add_parser("train", parents=[parent], help="train, evaluate and publish a model")
     train.add_argument(
-        "--events", type=Path, help="event file, folder of them, or dataset folder (default: [data] dir)"
+        "--events",
+        type=Path,
+        nargs="+",
+        action="extend",
+        help="event files, folders of them, or dataset folders (default: [data] dir)",
     )
     train.add_argument("--items", type=Path, help="item catalog (default: items.parquet of the dataset)")
     registry_option(train)
@@ -169,7 +173,13 @@ def register_tune(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "tune", parents=[parent], help="search ALS hyperparameters on a validation split"
     )
-    parser.add_argument("--events", type=Path, help="events or dataset folder (default: [data] dir)")
+    parser.add_argument(
+        "--events",
+        type=Path,
+        nargs="+",
+        action="extend",
+        help="event files, folders of them, or dataset folders (default: [data] dir)",
+    )
     parser.add_argument("--trials", type=int, default=20, help="random-search trials (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search")
     parser.add_argument("--json", action="store_true", help="print every trial as JSON")

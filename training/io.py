@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -320,15 +320,37 @@ def _event_columns(names: Sequence[str], source: str) -> list[str]:
 
 
 def _csv_header(path: Path, delimiter: str) -> list[str]:
-    opener = gzip.open if path.name.endswith(".gz") else open
+    # Bytes first: a text stream decodes a whole chunk ahead, so a bad byte on a later line was
+    # reported as a header that cannot be read.
     try:
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as stream:
-            first = stream.readline()
-    except (OSError, UnicodeDecodeError) as exc:
+        with _open_bytes(path) as stream:
+            raw = stream.readline()
+    except OSError as exc:
         raise EventFileError(str(path), None, f"cannot read the header line: {exc}") from exc
+    try:
+        first = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EventFileError(str(path), 1, f"not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     if not first.strip():
         raise EventFileError(str(path), 1, "empty file: expected a header line naming the columns")
     return next(csv.reader([first], delimiter=delimiter))
+
+
+def _open_bytes(path: Path) -> BinaryIO:
+    if path.name.endswith(".gz"):
+        return cast(BinaryIO, gzip.open(path, "rb"))
+    return path.open("rb")
+
+
+def _first_line_not_utf8(path: Path) -> int | None:
+    """The number of the first line that is not UTF-8 (Arrow names only the column)."""
+    with _open_bytes(path) as stream:
+        for number, line in enumerate(stream, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
 
 
 def _parse_csv(
@@ -359,6 +381,10 @@ def _parse_csv(
             ),
         )
     except pa.ArrowException as exc:
+        if "invalid UTF8" in str(exc):
+            raise EventFileError(str(path), _first_line_not_utf8(path), "not UTF-8") from exc
+        raise EventFileError(str(path), None, f"cannot read CSV: {exc}") from exc
+    except OSError as exc:  # e.g. a truncated gzip stream
         raise EventFileError(str(path), None, f"cannot read CSV: {exc}") from exc
 
 

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from recsvc import ann
 from recsvc.artifact import ModelArtifact
 from recsvc.config import Settings
+from recsvc.errors import InputError
 from recsvc.registry import Registry
 from training import io
 from training.evaluate import Evaluation, evaluate
@@ -90,11 +91,22 @@ def load_events(
 
 
 def dataset_inputs(
-    settings: Settings, events: Path | None, items: Path | None
+    settings: Settings, events: Path | Sequence[Path] | None, items: Path | None
 ) -> tuple[list[Path], Path | None]:
-    """Event files and catalog for a run: explicit paths, else the configured dataset folder."""
-    event_files, catalog = io.resolve_dataset(events if events is not None else settings.data.dir)
-    return event_files, items if items is not None else catalog
+    """Event files and catalog for a run: the given files, folders and dataset folders (each file
+    once), else the configured dataset folder. The catalog is `items`, else the one dataset
+    folder's `items.parquet`; two dataset folders with one each must name one."""
+    given = [settings.data.dir] if events is None else [events] if isinstance(events, Path) else list(events)
+    files: list[Path] = []
+    catalogs: list[Path] = []
+    for path in given:
+        found, catalog = io.resolve_dataset(path)
+        files += found
+        catalogs += [catalog] if catalog is not None else []
+    if items is None and len(catalogs) > 1:
+        listed = ", ".join(map(str, catalogs))
+        raise InputError(f"several catalogs ({listed}): choose one with --items", field="items")
+    return list(dict.fromkeys(files)), items if items is not None else next(iter(catalogs), None)
 
 
 def split_events(settings: Settings, events: EncodedEvents) -> Split:
@@ -297,7 +309,7 @@ def publish(
 def train(
     settings: Settings,
     *,
-    events: Path | None = None,
+    events: Path | Sequence[Path] | None = None,
     items: Path | None = None,
     progress: bool = False,
     forgotten: Collection[str] = (),

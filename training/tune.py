@@ -7,6 +7,7 @@ again with the same temporal rule, so the chosen parameters do not overfit the r
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,9 @@ def sample_params(rng: np.random.Generator) -> dict[str, float]:
     }
 
 
-def tune(settings: Settings, *, events: Path | None = None, trials: int = 20, seed: int = 0) -> TuneReport:
+def tune(
+    settings: Settings, *, events: Path | Sequence[Path] | None = None, trials: int = 20, seed: int = 0
+) -> TuneReport:
     """Try the configured parameters first, then `trials - 1` random ones; rank them."""
     event_files, _ = dataset_inputs(settings, events, None)
     prepared = prepare(settings, load_events(settings, event_files))

@@ -10,7 +10,9 @@ import redis
 
 from recsvc.cli import main
 from recsvc.config import Settings
+from recsvc.errors import InputError
 from recsvc.keys import Keys
+from training.pipeline import dataset_inputs
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -76,6 +78,16 @@ def test_unknown_version_and_bad_config_are_clear_errors(
     assert code == 2 and "training.model" in err
 
 
+def test_a_path_that_cannot_be_used_is_one_line_naming_it(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "events.csv"
+    a_file.write_text("not a folder")
+    code, _, err = run(capsys, "models", "list", "--registry", str(a_file))
+    assert code == 1 and str(a_file) in err and "Traceback" not in err
+    assert err.startswith("recsvc: ") and len(err.strip().splitlines()) == 1
+
+
 def test_train_reports_bad_rows_with_file_and_line(
     settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -83,6 +95,31 @@ def test_train_reports_bad_rows_with_file_and_line(
     events.write_text("user_id,item_id,type,ts\nu1,a,view,2024-01-01T00:00:00Z\nu1,b,view,yesterday\n")
     code, _, err = run(capsys, "train", "--events", str(events))
     assert code == 1 and "events.csv:3" in err and "yesterday" in err
+
+
+def test_train_reads_every_events_path_given(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both `--events a b` and `--events a --events b`: the second form used to drop `a`."""
+    good = tmp_path / "good.csv"
+    good.write_text("user_id,item_id,type,ts\nu1,a,view,2024-01-01T00:00:00Z\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,type,ts\nu1,a,view,2024-01-01T00:00:00Z\nu1,b,view,yesterday\n")
+    for argv in (["--events", str(bad), str(good)], ["--events", str(bad), "--events", str(good)]):
+        code, _, err = run(capsys, "train", *argv)
+        assert code == 1 and "bad.csv:3" in err, err
+
+
+def test_two_dataset_catalogs_must_be_chosen_between(settings: Settings, tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        (tmp_path / name / "events").mkdir(parents=True)
+        (tmp_path / name / "events" / "e.csv").write_text("user_id,item_id,type,ts\n")
+        (tmp_path / name / "items.parquet").write_bytes(b"")
+    with pytest.raises(InputError, match="several catalogs"):
+        dataset_inputs(settings, [tmp_path / "one", tmp_path / "two"], None)
+    files, catalog = dataset_inputs(settings, [tmp_path / "one", tmp_path / "two"], tmp_path / "mine.parquet")
+    assert files == [tmp_path / "one/events/e.csv", tmp_path / "two/events/e.csv"]
+    assert catalog == tmp_path / "mine.parquet"
 
 
 def test_train_leaves_out_users_forgotten_through_the_api(

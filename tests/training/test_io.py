@@ -272,6 +272,26 @@ def test_empty_file_and_header_only_file(tmp_path: Path) -> None:
     assert loaded.table.schema == EVENT_SCHEMA
 
 
+def test_bytes_that_are_not_utf8_are_named_by_line(tmp_path: Path) -> None:
+    rows = [f"u{n},i{n},view,2017-11-25T00:00:00Z," for n in range(40_000)]
+    for line in (38, 30_001):  # within the header's first read chunk, and far past it
+        body = [row.encode() for row in rows]
+        body[line - 2] = b"u\xe9,i1,view,2017-11-25T00:00:00Z,"  # Latin-1, line 1 being the header
+        path = tmp_path / f"latin1-{line}.csv"
+        path.write_bytes(b"\n".join([HEADER.encode(), *body]) + b"\n")
+        with pytest.raises(EventFileError, match=rf"latin1-{line}\.csv:{line}: not UTF-8"):
+            read(path)
+
+
+def test_a_truncated_gzip_file_is_named(tmp_path: Path) -> None:
+    text = HEADER + "\n" + "".join(f"u{n},i{n},view,2017-11-25T00:00:00Z,\n" for n in range(5_000))
+    whole = gzip.compress(text.encode())
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(EventFileError, match=r"cut\.csv\.gz: cannot read CSV"):
+        read(path)
+
+
 def test_folders_are_scanned_recursively_and_sorted(tmp_path: Path) -> None:
     for relative in ["b/2.csv", "b/a/1.csv.gz", "a.parquet", "notes.txt", "b/.a.parquet.tmp"]:
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
