@@ -24,7 +24,7 @@ from notifier.scheduler import run_scheduler
 from notifier.stats import campaign_stats
 from notifier.store import CampaignStore
 from notifier.worker import run_worker
-from recsvc.cli import print_json
+from recsvc.cli import positive_int, print_json
 from recsvc.config import Settings
 from recsvc.current_model import ModelHolder
 from recsvc.errors import InputError
@@ -241,7 +241,7 @@ def register_dead_letters(subparsers: Any, parent: argparse.ArgumentParser) -> N
     actions = letters.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", parents=[parent], help="the dead letters, oldest first")
     listing.add_argument("--campaign", help="only this campaign's")
-    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    listing.add_argument("--limit", type=positive_int, default=100, help="at most this many (default 100)")
     listing.set_defaults(handler=run_action(_list_dead_letters))
     replaying = actions.add_parser(
         "replay", parents=[parent], help="queue the dead messages again, once the cause is fixed"

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import redis
 from redis.lock import Lock
 
+from recsvc.cli import positive_int
 from recsvc.config import Settings
 from recsvc.errors import InputError, RecsvcError
 from recsvc.keys import ARCHIVE_LOCK_TTL_SECONDS, NOTIFIER_EVENTS_GROUP, Keys
@@ -289,5 +290,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         "archive", parents=[parent], help="move events from the Redis stream into Parquet files"
     )
     archive.add_argument("--out", type=Path, help="folder to write (default: <[data] dir>/events)")
-    archive.add_argument("--batch", type=int, default=100_000, help="events per file (default: 100000)")
+    archive.add_argument(
+        "--batch", type=positive_int, default=100_000, help="events per file (default: 100000)"
+    )
     archive.set_defaults(handler=_archive_command)

@@ -45,6 +45,25 @@ def open_registry(args: argparse.Namespace, settings: Settings) -> Registry:
     return Registry(args.registry or settings.registry.dir)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for counts: 0 or less is refused rather than taken as "the default"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type for a TCP port (1-65535)."""
+    value = positive_int(text)
+    if value > 65_535:
+        raise argparse.ArgumentTypeError(f"ports go up to 65535, got {value}")
+    return value
+
+
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

@@ -17,7 +17,7 @@ import numpy as np
 import uvicorn
 
 from recsvc.artifact import ITEM_IDS, USER_IDS
-from recsvc.cli import registry_option
+from recsvc.cli import port_number, positive_int, registry_option
 from recsvc.config import CONFIG_ENV, Settings, config_path
 from recsvc.redis_conn import REDIS_URL_ENV, ensure_redis
 from recsvc.registry import Registry
@@ -30,8 +30,10 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         "serve", parents=[parent], help="run the HTTP API (recommendations, events, admin)"
     )
     serve.add_argument("--host", help="interface to listen on (default: [serving] host)")
-    serve.add_argument("--port", type=int, help="port to listen on (default: [serving] port)")
-    serve.add_argument("--workers", type=int, help="uvicorn worker processes (default: [serving] workers)")
+    serve.add_argument("--port", type=port_number, help="port to listen on (default: [serving] port)")
+    serve.add_argument(
+        "--workers", type=positive_int, help="uvicorn worker processes (default: [serving] workers)"
+    )
     registry_option(serve)
     serve.set_defaults(handler=serve_command)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from recsvc.archive import forgotten_users
-from recsvc.cli import open_registry, print_json, registry_option
+from recsvc.cli import open_registry, positive_int, print_json, registry_option
 from recsvc.config import Settings
 from recsvc.redis_conn import connect_sync, redis_url
 from training import importers, io, pipeline, profiles, synth, tune
@@ -58,8 +58,9 @@ def register_data(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     imp.set_defaults(handler=_import)
     gen = actions.add_parser("synth", parents=[parent], help="write a synthetic catalog, profiles and events")
     gen.add_argument("--out", type=Path, help="dataset folder to write (default: [data] dir)")
-    for name in ("users", "items", "events", "categories", "days", "seed"):
-        gen.add_argument(f"--{name}", type=int, help=f"default: [synth] {name}")
+    for name in ("users", "items", "events", "categories", "days"):
+        gen.add_argument(f"--{name}", type=positive_int, help=f"default: [synth] {name}")
+    gen.add_argument("--seed", type=int, help="default: [synth] seed")
     gen.set_defaults(handler=_synth)
 
 
@@ -180,7 +181,7 @@ def register_tune(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         action="extend",
         help="event files, folders of them, or dataset folders (default: [data] dir)",
     )
-    parser.add_argument("--trials", type=int, default=20, help="random-search trials (default 20)")
+    parser.add_argument("--trials", type=positive_int, default=20, help="random-search trials (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search")
     parser.add_argument("--json", action="store_true", help="print every trial as JSON")
     parser.set_defaults(handler=_tune)
