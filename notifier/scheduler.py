@@ -177,7 +177,9 @@ class CampaignScheduler:
             while True:
                 try:
                     await self.tick()
-                except Exception:  # Redis down, a bad campaign document: log, and try again
+                except RecsvcError as exc:  # Redis down: one line a round, not a traceback
+                    log.error("scheduler round failed: %s", exc.detail)
+                except Exception:  # a bug: the traceback, and try again
                     log.exception("scheduler round failed")
                 try:
                     await asyncio.wait_for(stop.wait(), self._settings.notifier.scheduler.renew_seconds)

@@ -303,7 +303,8 @@ def publish(
     if new_score is not None and new_score > old_score:
         registry.promote(version)
         return version, True, f"promoted: {metric} {new_score:.4f} > {old_score:.4f} of {current}"
-    return version, False, f"kept {current}: {metric} {new_score} <= {old_score:.4f}"
+    shown = "none" if new_score is None else f"{new_score:.4f}"
+    return version, False, f"kept {current}: {metric} {shown} <= {old_score:.4f}"
 
 
 def train(

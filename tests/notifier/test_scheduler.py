@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -14,6 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.interval import IntervalTrigger
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from scheduler_support import (
     RecordingRunner,
     RunCall,
@@ -500,3 +504,26 @@ async def test_the_scheduler_process_leads_schedules_and_hands_over_on_stop(
     keys = Keys(shop_settings.redis.prefix)
     assert "campaign:weekly" in await aredis.hkeys(keys.scheduler_jobs())
     assert await aredis.get(keys.scheduler_lease()) is None
+
+
+async def test_a_round_without_redis_is_one_logged_line(
+    shop_settings: Settings, runner: RecordingRunner, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outage logged a 40-line traceback every round (every `renew_seconds`)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens once the socket closes
+    unreachable = aioredis.Redis(
+        host="127.0.0.1", port=port, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0)
+    )
+    scheduler = CampaignScheduler(unreachable, scheduler_settings(shop_settings), runner, clock=clock)
+    stop = asyncio.Event()
+    stop.set()  # one round, then stop
+    try:
+        with caplog.at_level(logging.ERROR, logger="notifier.scheduler"):
+            await scheduler.run_forever(stop)
+    finally:
+        await unreachable.aclose()
+    [record] = [r for r in caplog.records if r.name == "notifier.scheduler"]
+    assert record.getMessage().startswith("scheduler round failed: Redis unavailable")
+    assert record.exc_info is None
