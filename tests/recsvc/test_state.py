@@ -145,41 +145,39 @@ async def test_record_events_writes_stream_history_and_trending_in_one_transacti
     assert [item for item, _ in await store.trending(10, category="shoes")] == ["i1"]
 
 
-async def test_history_is_capped_newest_first_and_its_ttl_refreshed(
-    redis_settings: Settings, clock: ManualClock, keys: Keys, redis_client: redis.Redis
-) -> None:
+@pytest.fixture
+async def short_history(redis_settings: Settings, clock: ManualClock) -> AsyncIterator[Store]:
+    """A store whose users' histories keep their 3 newest events."""
     serving = redis_settings.serving.model_copy(update={"history_max": 3})
     settings = redis_settings.model_copy(update={"serving": serving})
     client = connect_async(settings)
     try:
-        store = Store(client, settings, clock=clock)
-        await store.record_events(
-            [view("u", f"i{n}", START + timedelta(seconds=n)) for n in range(5)], [None] * 5
-        )
-        redis_client.expire(keys.history("u"), 10)
-        await store.record_events([view("u", "i5", START + timedelta(seconds=5))], [None])
-        state = await store.user_state("u")
+        yield Store(client, settings, clock=clock)
     finally:
         await client.aclose()
+
+
+async def test_history_is_capped_newest_first_and_its_ttl_refreshed(
+    short_history: Store, keys: Keys, redis_client: redis.Redis
+) -> None:
+    await short_history.record_events(
+        [view("u", f"i{n}", START + timedelta(seconds=n)) for n in range(5)], [None] * 5
+    )
+    redis_client.expire(keys.history("u"), 10)
+    await short_history.record_events([view("u", "i5", START + timedelta(seconds=5))], [None])
+    state = await short_history.user_state("u")
     assert [event.item_id for event in state.recent] == ["i5", "i4", "i3"]
     assert redis_client.ttl(keys.history("u")) > 10
 
 
 async def test_items_of_excluded_types_stay_excluded_after_the_history_is_trimmed(
-    redis_settings: Settings, clock: ManualClock
+    short_history: Store,
 ) -> None:
-    serving = redis_settings.serving.model_copy(update={"history_max": 3})
-    settings = redis_settings.model_copy(update={"serving": serving})
-    client = connect_async(settings)
-    try:
-        store = Store(client, settings, clock=clock)
-        bought = view("u", "bought", START, type="purchase")
-        dismissed = view("u", "dismissed", START, type="dismiss")
-        await store.record_events([bought, dismissed, view("u", "viewed", START)], [None] * 3)
-        await store.record_events([view("u", f"i{n}", START) for n in range(5)], [None] * 5)
-        state = await store.user_state("u")
-    finally:
-        await client.aclose()
+    bought = view("u", "bought", START, type="purchase")
+    dismissed = view("u", "dismissed", START, type="dismiss")
+    await short_history.record_events([bought, dismissed, view("u", "viewed", START)], [None] * 3)
+    await short_history.record_events([view("u", f"i{n}", START) for n in range(5)], [None] * 5)
+    state = await short_history.user_state("u")
     assert "bought" not in {event.item_id for event in state.recent}
     assert state.dismissed == {"bought", "dismissed"}  # views are not excluded
 
