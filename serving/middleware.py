@@ -136,6 +136,9 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
 class JsonBodyMiddleware:
     """Answers 415 to a request body the API cannot read: not JSON, or compressed.
 
@@ -164,6 +167,8 @@ class JsonBodyMiddleware:
 
 def _unreadable_body(scope: Scope) -> str | None:
     """Why the request's body cannot be read as JSON, or None (readable, or no body)."""
+    if scope["method"] not in _BODY_METHODS:  # the recommendation path pays nothing
+        return None
     headers = {bytes(name): bytes(value).decode("latin-1") for name, value in scope.get("headers", [])}
     if _content_length(scope) == 0 and b"transfer-encoding" not in headers:
         return None
