@@ -205,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"recsvc: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C, past a command's own graceful stop
+        print("recsvc: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -94,10 +94,12 @@ def _file_id(path: Path) -> str:
 
 def up(settings: Settings, config: Path | None, demo_campaign: Path | None) -> int:
     """Start everything, then wait; the exit code of the first process to stop, or 0 on Ctrl-C."""
+    # Each part in a process group of its own: Ctrl-C in the terminal then reaches this process
+    # alone, and `_stop` hands each part exactly one SIGINT. Reached by the terminal's as well,
+    # the worker would take the second as "stop at once" and cut its graceful stop short.
     processes = [
-        subprocess.Popen(_recsvc("serve", config=config)),
-        subprocess.Popen(_recsvc("scheduler", config=config)),
-        subprocess.Popen(_recsvc("worker", config=config)),
+        subprocess.Popen(_recsvc(part, config=config), process_group=0)
+        for part in ("serve", "scheduler", "worker")
     ]
     stopping = False
 

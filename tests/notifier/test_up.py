@@ -70,6 +70,7 @@ def test_up_runs_everything_and_the_demo_campaign_is_delivered(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     stats_url = f"http://127.0.0.1:{port}/v1/campaigns/demo-test/stats"
     try:
@@ -86,9 +87,10 @@ def test_up_runs_everything_and_the_demo_campaign_is_delivered(
             time.sleep(0.5)
         assert total.get("sent") == total.get("delivered") == len(users), total
     finally:
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
+    assert "Traceback" not in output, output
     pushes = [line for line in output.splitlines() if "recsvc.push: push to" in line]
     assert sorted(line.split("push to ")[1].split()[0] for line in pushes) == sorted(users)
     assert stats_url in output
