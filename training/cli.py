@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recsvc.archive import forgotten_users
 from recsvc.cli import open_registry, positive_int, print_json, registry_option
 from recsvc.config import Settings
-from recsvc.redis_conn import connect_sync, redis_url
+from recsvc.redis_conn import connect_sync
 from training import importers, io, pipeline, profiles, synth, tune
 
 
@@ -94,28 +93,12 @@ def register_users(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     imp.set_defaults(handler=_import_users)
 
 
-def forgotten_users_if_any(settings: Settings) -> set[str]:
-    """Users deleted through the API, from the Redis the service uses; none if it never ran here.
-
-    A configured Redis that cannot be reached stops training rather than risk learning from
-    deleted users.
-    """
-    if redis_url(settings) is None and not settings.redis.embedded_path.exists():
-        return set()
-    client = connect_sync(settings, timeout=5.0)
-    try:
-        return forgotten_users(client, settings)
-    finally:
-        client.close()
-
-
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     result = pipeline.train(
         settings,
         events=args.events,
         items=args.items,
         progress=sys.stderr.isatty(),
-        forgotten=forgotten_users_if_any(settings),
     )
     registry = open_registry(args, settings)
     version, promoted, reason = pipeline.publish(

@@ -21,9 +21,11 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recsvc import ann
+from recsvc.archive import forgotten_users
 from recsvc.artifact import ModelArtifact
 from recsvc.config import Settings
 from recsvc.errors import InputError
+from recsvc.redis_conn import connect_sync, redis_url
 from recsvc.registry import Registry
 from training import io
 from training.evaluate import Evaluation, evaluate
@@ -66,13 +68,17 @@ class TrainResult:
 
 
 def load_events(
-    settings: Settings, paths: Sequence[Path], *, forgotten: Collection[str] = ()
+    settings: Settings, paths: Sequence[Path], *, forgotten: Collection[str] | None = None
 ) -> io.LoadedEvents:
     """Read event files or folders with the configured types, id limit and error policy.
 
-    Events of `forgotten` users (deleted through the API) are dropped and counted, so a model
-    never learns from someone who asked to be forgotten, even from files archived before.
+    Events of forgotten users (deleted through the API) are dropped and counted, so a model
+    never learns from someone who asked to be forgotten, even from files archived before. They
+    are read from the service's Redis (`forgotten_users_if_any`) unless `forgotten` is given:
+    every way into training (the CLI, `recsvc tune`, a notebook) then honours them by default.
     """
+    if forgotten is None:
+        forgotten = forgotten_users_if_any(settings)
     loaded = io.read_events(
         paths,
         event_types=set(settings.events.types),
@@ -88,6 +94,21 @@ def load_events(
     table = loaded.table.filter(pc.invert(drop))
     skipped = {**loaded.skipped, "forgotten_user": dropped}
     return io.LoadedEvents(table, skipped, loaded.files)
+
+
+def forgotten_users_if_any(settings: Settings) -> set[str]:
+    """Users deleted through the API, from the Redis the service uses; none if it never ran here.
+
+    A configured Redis that cannot be reached stops training rather than risk learning from
+    deleted users.
+    """
+    if redis_url(settings) is None and not settings.redis.embedded_path.exists():
+        return set()
+    client = connect_sync(settings, timeout=5.0)
+    try:
+        return forgotten_users(client, settings)
+    finally:
+        client.close()
 
 
 def dataset_inputs(
@@ -313,7 +334,7 @@ def train(
     events: Path | Sequence[Path] | None = None,
     items: Path | None = None,
     progress: bool = False,
-    forgotten: Collection[str] = (),
+    forgotten: Collection[str] | None = None,
 ) -> TrainResult:
     """Load, prepare, fit, evaluate and index, timing each stage."""
     started = time.perf_counter()

@@ -6,10 +6,12 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import redis
 import scipy.sparse as sp
 
 from recsvc import ann
 from recsvc.config import Settings
+from recsvc.keys import Keys
 from recsvc.registry import Registry
 from training import pipeline
 
@@ -97,3 +99,19 @@ def test_artifact_holds_every_event_and_what_each_user_bought(settings: Settings
     assert artifact.user_items.nnz > prepared.train.nnz
     assert cells(artifact.user_excluded) == bought and set(artifact.user_excluded.data.tolist()) == {1.0}
     np.testing.assert_allclose(artifact.user_items.sum(), prepared.events.weights.sum(), rtol=1e-5)
+
+
+def test_users_forgotten_through_the_api_are_left_out_by_default(
+    redis_settings: Settings, redis_client: redis.Redis, planted: Path
+) -> None:
+    """The Python API (a notebook, `recsvc tune`) honours deletions without being told to."""
+    redis_client.sadd(Keys(redis_settings.redis.prefix).forgotten(), "g0-u1")
+    rows = sum(line.startswith("g0-u1,") for line in planted.read_text().splitlines())
+    loaded = pipeline.load_events(redis_settings, [planted])
+    assert loaded.skipped == {"forgotten_user": rows}
+    assert "g0-u1" not in set(loaded.table.column("user_id").to_pylist())
+    artifact = pipeline.train(small(redis_settings), events=planted).artifact
+    assert artifact.user_ids.index_of("g0-u1") is None
+    assert artifact.user_ids.index_of("g0-u2") is not None
+    everyone = pipeline.load_events(redis_settings, [planted], forgotten=())
+    assert "g0-u1" in set(everyone.table.column("user_id").to_pylist())
