@@ -18,6 +18,7 @@ install: $(STAMP)
 # EVENTS=path trains on your own event files or dataset folder instead of synthetic data.
 EVENTS ?=
 DATA_DIR := var/data
+OWN_DATA_DIR := var/data-own
 # The campaign `make run` creates and runs once, so pushes show up in the worker's log.
 DEMO_CAMPAIGN ?= configs/campaigns/demo.toml
 
@@ -29,9 +30,17 @@ ifeq ($(EVENTS),)
 else
 	$(BIN)/recsvc train --config $(CONFIG) --events $(EVENTS) --promote-if-better
 	@if [ -f "$(EVENTS)/users.parquet" ]; then $(BIN)/recsvc users import "$(EVENTS)" --demo-devices --config $(CONFIG); fi
+	@mkdir -p $(OWN_DATA_DIR)/events
 endif
 	$(BIN)/recsvc models list --config $(CONFIG)
 	$(BIN)/recsvc up --config $(CONFIG) --demo-campaign $(DEMO_CAMPAIGN)
+
+# With EVENTS, the events the API receives are archived into a folder of their own, and the
+# scheduler's nightly retrain trains on EVENTS and them (not on the synthetic shop in DATA_DIR).
+ifneq ($(EVENTS),)
+run: export RECSVC_DATA__DIR = $(OWN_DATA_DIR)
+run: export RECSVC_NOTIFIER__SCHEDULER__RETRAIN_COMMAND = ["recsvc", "train", "--events", "$(EVENTS)", "$(OWN_DATA_DIR)", "--promote-if-better"]
+endif
 
 # The embedded Redis outlives `make run` (its data stays for the next command); this stops it.
 stop: $(STAMP)

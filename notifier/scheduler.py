@@ -35,7 +35,8 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -386,7 +387,7 @@ class CampaignScheduler:
         """
         command = self._settings.notifier.scheduler.retrain_command
         try:
-            process = await asyncio.create_subprocess_exec(*command)
+            process = await asyncio.create_subprocess_exec(*_installed(command))
         except OSError as exc:
             log.error("cannot start the retrain command %s: %s", command, exc)
             return None
@@ -396,6 +397,14 @@ class CampaignScheduler:
         else:
             log.info("the retrain command %s finished", command)
         return code
+
+
+def _installed(command: Sequence[str]) -> list[str]:
+    """`command`, with a leading `recsvc` run as this installation's (`python -m recsvc.cli`): the
+    virtual environment's `bin` need not be on PATH, as under `make run` or a service manager."""
+    if command and command[0] == "recsvc":
+        return [sys.executable, "-m", "recsvc.cli", *command[1:]]
+    return list(command)
 
 
 # --- the process ------------------------------------------------------------------------------------

@@ -489,6 +489,15 @@ async def test_the_retrain_job_runs_its_command_as_a_process(
     )
 
 
+async def test_a_retrain_command_starting_with_recsvc_needs_no_virtual_environment_on_path(
+    schedulers: Factory, shop_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run` and service managers start the scheduler without the venv's `bin` on PATH."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    command = ["recsvc", "--help"]
+    assert await schedulers("ok", scheduler_settings(shop_settings, retrain_command=command)).retrain() == 0
+
+
 # --- the process ----------------------------------------------------------------------------------------
 
 

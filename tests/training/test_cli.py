@@ -10,7 +10,7 @@ import redis
 
 from recsvc.cli import main
 from recsvc.config import Settings
-from recsvc.errors import InputError
+from recsvc.errors import EventFileError, InputError
 from recsvc.keys import Keys
 from training.pipeline import dataset_inputs
 
@@ -120,6 +120,18 @@ def test_two_dataset_catalogs_must_be_chosen_between(settings: Settings, tmp_pat
     files, catalog = dataset_inputs(settings, [tmp_path / "one", tmp_path / "two"], tmp_path / "mine.parquet")
     assert files == [tmp_path / "one/events/e.csv", tmp_path / "two/events/e.csv"]
     assert catalog == tmp_path / "mine.parquet"
+
+
+def test_a_folder_without_event_files_yet_is_passed_over_beside_inputs_that_have_some(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`make run EVENTS=...` retrains on the given events and an archive folder that may be empty."""
+    (tmp_path / "own" / "events").mkdir(parents=True)
+    (tmp_path / "given.csv").write_text("user_id,item_id,type,ts\n")
+    files, _ = dataset_inputs(settings, [tmp_path / "given.csv", tmp_path / "own"], None)
+    assert files == [tmp_path / "given.csv"]
+    with pytest.raises(EventFileError, match="holds no event files"):
+        dataset_inputs(settings, [tmp_path / "own"], None)
 
 
 def test_train_leaves_out_users_forgotten_through_the_api(
