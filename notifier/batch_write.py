@@ -85,9 +85,11 @@ def stage_records(
 ) -> None:
     """Queue the push record (caps, gaps) and pushed items (no-repeat, attribution) of a message.
 
-    A control-group message records its items only: it was never sent, so it counts for no cap,
-    but a purchase of one of its items within the conversion window is the control group's
-    conversion, the baseline a campaign's lift is measured against.
+    A control-group message records its items only, marked as control: it was never sent, so it
+    counts for no cap and blocks no item from being pushed (`rules.recently_pushed`), but a
+    purchase of one of its items within the conversion window is the control group's conversion,
+    the baseline a campaign's lift is measured against. It never replaces the record of an item
+    a message did push, which keeps that item from being pushed again.
     Records older than their window are trimmed; each key expires a window after its latest due
     time (read with the batch, so a later push of another campaign keeps its TTL).
     """
@@ -102,7 +104,18 @@ def stage_records(
     stale = [item for item, pushed in user.pushed_items.items() if pushed.due < now - windows.items]
     if stale:
         pipe.hdel(items, *stale)
-    record = _COMPACT.encode({"m": message.message_id, "t": message.due})
-    pipe.hset(items, mapping=dict.fromkeys(message.items, record))
+    fields: dict[str, object] = {"m": message.message_id, "t": message.due}
+    if message.control:
+        fields["c"] = 1
+    record = _COMPACT.encode(fields)
+    recorded = [item for item in message.items if not (message.control and _holds_a_push(user, item, stale))]
+    if recorded:
+        pipe.hset(items, mapping=dict.fromkeys(recorded, record))
     kept = [pushed.due for item, pushed in user.pushed_items.items() if item not in stale]
     pipe.expire(items, max(1, math.ceil(max([message.due, *kept]) - now + windows.items)))
+
+
+def _holds_a_push(user: UserData, item: str, stale: list[str]) -> bool:
+    """Whether `item`'s record is of a message that pushed it, still within its window."""
+    existing = user.pushed_items.get(item)
+    return existing is not None and not existing.control and item not in stale

@@ -38,10 +38,12 @@ class PushRecord:
 
 @dataclass(frozen=True)
 class PushedItem:
-    """An item pushed to a user (`Keys.user_pushed_items`): by which message, due when."""
+    """An item pushed to a user (`Keys.user_pushed_items`): by which message, due when; `control`
+    when that message went to the control group (recorded for conversions, never sent)."""
 
     message_id: str
     due: float
+    control: bool = False
 
 
 @dataclass(frozen=True)
@@ -237,9 +239,10 @@ def item_window_seconds(rules: Iterable[PushRules], tracking: TrackingConfig) ->
 
 
 def recently_pushed(pushed: Mapping[str, PushedItem], due: datetime, repeat_days: float) -> set[str]:
-    """Items pushed less than `repeat_days` before `due` (or due after it): not to be pushed again."""
+    """Items pushed less than `repeat_days` before `due` (or due after it): not to be pushed again.
+    A control group's items were never sent, so they block nothing."""
     if repeat_days <= 0:
         return set()
     window = repeat_days * DAY.total_seconds()
     due_s = due.timestamp()
-    return {item for item, record in pushed.items() if due_s - record.due < window}
+    return {item for item, record in pushed.items() if not record.control and due_s - record.due < window}

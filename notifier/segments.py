@@ -201,7 +201,7 @@ def _pairs(flat: list[str]) -> dict[str, str]:
 
 def _pushed_item(value: str) -> PushedItem:
     record = json.loads(value)
-    return PushedItem(message_id=str(record["m"]), due=float(record["t"]))
+    return PushedItem(message_id=str(record["m"]), due=float(record["t"]), control=bool(record.get("c")))
 
 
 # --- predicates -----------------------------------------------------------------------------------

@@ -322,6 +322,29 @@ async def test_control_group_is_stable_across_runs_and_never_sent(
     assert not await aredis.exists(*(keys.user_pushes(u) for u in control))
 
 
+async def test_a_control_groups_items_block_no_push_and_replace_no_push_record(
+    runner: CampaignRunner, store: Store, aredis: aioredis.Redis, keys: Keys, clock: ManualClock
+) -> None:
+    """Control users never saw their items: "never the same item twice" is about pushes sent."""
+    repeat = {"min_gap_hours": 0, "item_repeat_days": 14, "quiet_start": "00:00", "quiet_end": "00:00"}
+    held_out = campaign(segment={"control_percent": 50}, rules=repeat)
+    user = next(
+        u for u in (f"h-u{n}" for n in range(100)) if segments.in_control(held_out.segment, "spring", u)
+    )
+    await put_profiles(store, {user: REACHABLE})
+    await runner.run(held_out, "r1")
+    would_have_got = items(await message_of(aredis, keys, mid("spring", "r1", user)))
+    await runner.run(campaign("summer", rules=repeat), "r1")
+    pushed = items(await message_of(aredis, keys, mid("summer", "r1", user)))
+    assert pushed == would_have_got
+    clock.now = NOW + timedelta(hours=1)
+    no_repeat_rule = campaign(segment={"control_percent": 50}, rules={**repeat, "item_repeat_days": 0})
+    await runner.run(no_repeat_rule, "r2")  # the control group again, would have got the same items
+    assert items(await message_of(aredis, keys, mid("spring", "r2", user))) == pushed
+    records = await aredis.hmget(keys.user_pushed_items(user), pushed)
+    assert [json.loads(record)["m"] for record in records] == [mid("summer", "r1", user)] * len(pushed)
+
+
 async def test_sample_percent_takes_a_new_sample_each_run(
     runner: CampaignRunner, store: Store, aredis: aioredis.Redis, keys: Keys, clock: ManualClock
 ) -> None:
