@@ -182,6 +182,10 @@ class OnceSchedule(Spec):
     at: ScheduleTime
     timezone: TimezoneName = "UTC"
 
+    def instant(self) -> datetime:
+        """`at` as an aware time."""
+        return self.at if self.at.tzinfo is not None else self.at.replace(tzinfo=ZoneInfo(self.timezone))
+
 
 class LocalTimeSchedule(Spec):
     """Every day, each user gets the push at `at` in their own timezone.

@@ -115,7 +115,7 @@ def campaign_trigger(campaign: Campaign) -> Any | None:
             timezone=ZoneInfo(schedule.timezone),
         )
     if isinstance(schedule, OnceSchedule):
-        return DateTrigger(run_date=schedule.at, timezone=ZoneInfo(schedule.timezone))
+        return DateTrigger(run_date=schedule.instant())
     if isinstance(schedule, LocalTimeSchedule):
         hour, _, minute = schedule.prepare_at.partition(":")
         return CronTrigger(hour=int(hour), minute=int(minute), timezone=UTC)

@@ -15,13 +15,13 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from notifier.campaign import Campaign, CampaignSpec, CampaignStatus
+from notifier.campaign import Campaign, CampaignSpec, CampaignStatus, OnceSchedule
 from notifier.templates import Templates, sample_attributes
 from recsvc.config import Settings
 from recsvc.errors import ConflictError, InputError, NotFoundError
@@ -171,6 +171,14 @@ class CampaignStore:
                         f"(configured: {', '.join(sorted(known_types))})",
                         field=field,
                     )
+        schedule = spec.schedule
+        grace = timedelta(seconds=self._settings.notifier.scheduler.misfire_grace_seconds)
+        if isinstance(schedule, OnceSchedule) and schedule.instant() < self._clock() - grace:
+            raise InputError(
+                f"schedule.at: {schedule.instant().isoformat()} is past by more than the scheduler's "
+                f"misfire_grace_seconds ({grace.total_seconds():.0f}), so it would never fire",
+                field="schedule.at",
+            )
         attributes = sample_attributes(await self.profile_attributes())
         # In a thread: rendering is CPU work, and the event loop serves other requests meanwhile.
         await asyncio.to_thread(self._templates.check, spec.content, attributes)

@@ -86,6 +86,17 @@ async def test_a_campaign_is_stored_listed_replaced_paused_and_deleted(
     assert [campaign.id for campaign in await campaigns.list()] == [other.id]
 
 
+async def test_a_once_schedule_past_the_misfire_grace_is_refused_as_it_would_never_fire(
+    campaigns: CampaignStore, clock: ManualClock, shop_settings: Settings
+) -> None:
+    grace = timedelta(seconds=shop_settings.notifier.scheduler.misfire_grace_seconds)
+    long_ago = (clock.now - grace - timedelta(minutes=1)).isoformat()
+    with pytest.raises(InputError, match="would never fire"):
+        await campaigns.create(spec(schedule={"kind": "once", "at": long_ago}))
+    recent = (clock.now - grace + timedelta(minutes=1)).isoformat()  # the scheduler fires it at once
+    assert (await campaigns.create(spec(schedule={"kind": "once", "at": recent}))).status == "active"
+
+
 async def test_an_id_cannot_be_taken_twice(campaigns: CampaignStore) -> None:
     await campaigns.create(spec(), campaign_id="weekly")
     with pytest.raises(ConflictError):
