@@ -224,7 +224,8 @@ def _checks(segment: Segment, user: UserData, behaviour: Behaviour, *, describe:
         return [Check("profile", False, "no profile (unknown or forgotten user)")]
     checks = [_attribute_check(predicate, profile, describe) for predicate in segment.attributes]
     now_us = unix_micros(behaviour.now)
-    newest = user.recent[0].ts_us if user.recent else None
+    # The history is in arrival order; an app syncing events it collected offline posts older ones last.
+    newest = max((event.ts_us for event in user.recent), default=None)
     if segment.active_within_days is not None:
         since = now_us - _days_us(segment.active_within_days)
         checks.append(

@@ -123,6 +123,15 @@ def test_active_and_inactive_windows() -> None:
     assert not segments.matches(inactive, fresh, BEHAVIOUR)
 
 
+def test_activity_is_judged_by_the_newest_event_time_not_the_last_event_received() -> None:
+    """An app syncing events it collected offline posts an old event after a recent one."""
+    recent_then_old = UserData(
+        "u1", user().profile, [event("a2", "view", 20), event("a1", "view", 1 / 24)], frozenset(), (), {}
+    )
+    assert segments.matches(Segment(active_within_days=1), recent_then_old, BEHAVIOUR)
+    assert not segments.matches(Segment(inactive_for_days=7), recent_then_old, BEHAVIOUR)
+
+
 def test_purchased_in_category_within_days() -> None:
     bought_a = user(recent=[event("a1", "purchase", 10), event("b1", "view", 1)])
     assert segments.matches(Segment(purchased_in_category="A"), bought_a, BEHAVIOUR)
