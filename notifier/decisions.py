@@ -90,7 +90,7 @@ def decide(users: Sequence[UserData], ctx: Context, *, explain: bool = True) -> 
     _recommend(wanted, ctx)
     for outcome in wanted:
         if not outcome.items:
-            outcome.reason = stats.NO_ITEMS
+            outcome.reason = outcome.reason or stats.NO_ITEMS
             continue
         values = context(
             outcome.user.user_id, outcome.user.profile, outcome.items, ctx.campaign.id, ctx.campaign.name
@@ -164,6 +164,7 @@ def _recommend(outcomes: Sequence[Outcome], ctx: Context) -> None:
                 personal.append(outcome)
             else:
                 _fill(outcome, found, excluded[outcome.user.user_id], k, content.source)
+                _require_trigger_item(outcome, first)
     if not personal:
         return
     users = [outcome.user.user_id for outcome in personal]
@@ -207,6 +208,14 @@ def _around(anchor: tuple[str, bool], excluded: set[str], ctx: Context) -> list[
     except NotFoundError:
         return head or None
     return head + similar
+
+
+def _require_trigger_item(outcome: Outcome, anchor: tuple[str, bool] | None) -> None:
+    """A push about the item that triggered it ("... is in your cart") must lead with that item;
+    when the item is unavailable, dismissed or was pushed within the no-repeat window, no push."""
+    if anchor is not None and anchor[1] and (not outcome.items or outcome.items[0].item_id != anchor[0]):
+        outcome.items = []
+        outcome.reason = stats.TRIGGER_ITEM_EXCLUDED
 
 
 def _fill(

@@ -40,6 +40,8 @@ DAILY_CAP = "daily_cap"
 WEEKLY_CAP = "weekly_cap"
 MIN_GAP = "min_gap"
 NO_ITEMS = "no_items"  # nothing left to recommend after filters and the no-repeat rule
+# A `trigger_item` push whose triggering item is unavailable, dismissed or recently pushed.
+TRIGGER_ITEM_EXCLUDED = "trigger_item_excluded"
 TEMPLATE_ERROR = "template_error"  # the template failed for this user's data
 FORGOTTEN = "forgotten"
 EXPIRED = "expired"  # not sent within `delivery.max_delay_hours` after it fell due

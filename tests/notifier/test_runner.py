@@ -384,6 +384,28 @@ async def test_triggered_run_leads_with_the_trigger_item_for_the_named_users(
     assert not await aredis.exists(keys.message(mid("spring", "t1", "gA-u3")))  # not named
 
 
+async def test_a_trigger_item_push_is_suppressed_when_the_triggering_item_cannot_lead(
+    runner: CampaignRunner, store: Store, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """ "{{ item.title }} is in your cart" must never name another item: a carted item pushed
+    within the no-repeat window (or dismissed) suppresses the reminder."""
+    await put_profiles(store, {"gA-u1": REACHABLE, "gA-u2": REACHABLE})
+    await aredis.hset(
+        keys.user_pushed_items("gA-u1"), "b5", json.dumps({"m": "earlier", "t": NOW.timestamp()})
+    )
+    await store.dismiss("gA-u2", "b5")
+    reminder = campaign(
+        trigger={"event": "add_to_cart", "delay_minutes": 30, "cancel_on": ["purchase"]},
+        content={"source": "trigger_item", "body": "{{ item.title }} is in your cart"},
+        rules={"min_gap_hours": 0, "item_repeat_days": 14, "quiet_start": "00:00", "quiet_end": "00:00"},
+    )
+    carted = RecentEvent("b5", "add_to_cart", unix_micros(NOW - timedelta(minutes=30)))
+    triggers = {"gA-u1": carted, "gA-u2": carted}
+    summary = await runner.run(reminder, "t1", users=["gA-u1", "gA-u2"], trigger_events=triggers)
+    assert summary.counts == {"targeted": 2, "suppressed:trigger_item_excluded": 2}
+    assert not await aredis.exists(*(keys.message(mid("spring", "t1", u)) for u in ("gA-u1", "gA-u2")))
+
+
 async def test_a_day_run_takes_batch_after_batch_of_users_and_messages_each_once(
     runner: CampaignRunner, store: Store, aredis: aioredis.Redis, keys: Keys
 ) -> None:
