@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from recsvc.config import Settings, load_settings
-from recsvc.errors import ConfigError, RecsvcError
+from recsvc.errors import ConfigError, NotFoundError, RecsvcError
 from recsvc.redis_conn import redis_url, stop_embedded
 from recsvc.registry import Registry
 from recsvc.report import fmt, metrics_table
@@ -69,19 +69,27 @@ def print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _models_list(args: argparse.Namespace, settings: Settings) -> int:
+def _existing_registry(args: argparse.Namespace, settings: Settings) -> Registry:
+    """The registry a `models` command reads or changes: a folder that is not there is an error
+    (a mistyped `--registry`, most likely), and is never created."""
     registry = open_registry(args, settings)
-    rows = []
-    for info in registry.versions():
-        metrics = registry.manifest(info.version).get("metrics", {})
-        rows.append(
-            {
-                "version": info.version,
-                "current": info.current,
-                "created_at": info.created_at.isoformat(timespec="seconds"),
-                "metrics": metrics,
-            }
-        )
+    if not registry.root.exists():
+        raise NotFoundError(f"no model registry at {registry.root}: nothing has been published there")
+    return registry
+
+
+def _models_list(args: argparse.Namespace, settings: Settings) -> int:
+    registry = _existing_registry(args, settings)
+    rows = [
+        {
+            "version": info.version,
+            "current": info.current,
+            "created_at": info.created_at.isoformat(timespec="seconds") if info.created_at else None,
+            "metrics": info.manifest.get("metrics", {}),
+            "error": info.error,  # why a broken version cannot be served; None for a sound one
+        }
+        for info in registry.versions()
+    ]
     if args.json:
         print_json(rows)
         return 0
@@ -91,6 +99,9 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
     metric = settings.evaluation.promote_metric
     print(f"{'':2}{'version':<10}{'created (UTC)':<28}{metric + ' model':>16}{'popularity':>12}")
     for row in rows:
+        if row["error"] is not None:
+            print(f"{'*' if row['current'] else ' ':2}{row['version']:<10}BROKEN: {row['error']}")
+            continue
         model = row["metrics"].get("model", {}).get(metric)
         popular = row["metrics"].get("popularity", {}).get(metric)
         print(
@@ -101,7 +112,7 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models_show(args: argparse.Namespace, settings: Settings) -> int:
-    registry = open_registry(args, settings)
+    registry = _existing_registry(args, settings)
     manifest = registry.manifest(args.version)
     if args.json:
         print_json(manifest)
@@ -119,14 +130,14 @@ def _models_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models_promote(args: argparse.Namespace, settings: Settings) -> int:
-    registry = open_registry(args, settings)
+    registry = _existing_registry(args, settings)
     registry.promote(args.version)
     print(f"current model: {registry.current()}")
     return 0
 
 
 def _models_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    registry = open_registry(args, settings)
+    registry = _existing_registry(args, settings)
     print(f"current model: {registry.rollback()}")
     return 0
 
@@ -134,14 +145,18 @@ def _models_rollback(args: argparse.Namespace, settings: Settings) -> int:
 def _register_models(subparsers: Subparsers, parent: argparse.ArgumentParser) -> None:
     models = subparsers.add_parser("models", help="list, inspect, promote and roll back model versions")
     actions = models.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", parents=[parent], help="every version, oldest first")
+    listing = actions.add_parser(
+        "list", parents=[parent], help="every version, oldest first; broken ones marked with why"
+    )
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=_models_list)
     show = actions.add_parser("show", parents=[parent], help="one version's manifest")
     show.add_argument("version")
     show.add_argument("--json", action="store_true", help="print the manifest as JSON")
     show.set_defaults(handler=_models_show)
-    promote = actions.add_parser("promote", parents=[parent], help="make a version current (atomic)")
+    promote = actions.add_parser(
+        "promote", parents=[parent], help="make a version current (atomic; it must load)"
+    )
     promote.add_argument("version")
     promote.set_defaults(handler=_models_promote)
     rollback = actions.add_parser("rollback", parents=[parent], help="return to the previous current")

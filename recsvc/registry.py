@@ -13,7 +13,11 @@ is one small file read that servers can poll; changes to it take an exclusive `f
 root must be on a local filesystem (flock and rename atomicity).
 
 `history` is a stack of previously current versions: promote pushes the outgoing version,
-rollback pops it back.
+rollback pops it back. Promote and rollback make a version current only after loading it as a
+server would, so a broken version directory (empty, half copied, a corrupt manifest) is never
+made current; it is still listed, marked with why it cannot be served.
+
+Reading never creates anything: the root folder is made by the first `publish`.
 """
 
 from __future__ import annotations
@@ -57,9 +61,11 @@ class VersionInfo:
     """One published version, as listed by `Registry.versions`."""
 
     version: str
-    created_at: datetime
+    created_at: datetime | None  # None when the manifest cannot be read
     current: bool
     path: Path
+    manifest: dict[str, Any]  # empty when the manifest cannot be read
+    error: str | None = None  # why the version cannot be served, as far as its manifest tells
 
 
 class Registry:
@@ -67,7 +73,6 @@ class Registry:
 
     def __init__(self, root: Path, *, clock: Clock | None = None) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self._clock = clock or (lambda: datetime.now(UTC))
 
     def publish(self, write: Callable[[Path], dict[str, Any]] | ModelArtifact) -> str:
@@ -76,6 +81,7 @@ class Registry:
         `write` is an artifact, or a function that writes one into the (empty) directory it is
         given. If it fails, nothing is published and its partial output is removed.
         """
+        self.root.mkdir(parents=True, exist_ok=True)
         self._remove_stale_staging()
         staging = self.root / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         staging.mkdir()
@@ -93,17 +99,13 @@ class Registry:
         return version
 
     def versions(self) -> list[VersionInfo]:
-        """Every published version, oldest first."""
+        """Every published version, oldest first; a broken one is listed with its `error`.
+
+        Only manifests are read, so a version whose manifest is sound but whose files are not is
+        found out by `promote` (which loads it), not here. No root folder means no versions.
+        """
         current = self.current()
-        return [
-            VersionInfo(
-                version=name,
-                created_at=_created_at(self.root / name),
-                current=name == current,
-                path=self.root / name,
-            )
-            for name in self._version_names()
-        ]
+        return [self._info(name, current) for name in self._version_names()]
 
     def current(self) -> str | None:
         """The version servers should serve, or None before the first promotion."""
@@ -111,19 +113,40 @@ class Registry:
         return current
 
     def promote(self, version: str) -> None:
-        """Make `version` current; promoting the current version again changes nothing."""
-        self.path(version)
+        """Make `version` current; promoting the current version again changes nothing.
+
+        The version is loaded first: an unknown one is a `NotFoundError`, one that does not
+        load (incomplete, corrupt) a `RegistryError`, and neither changes anything.
+        """
+        self.promote_if(version, lambda _current: True)
+
+    def promote_if(self, version: str, better: Callable[[str | None], bool]) -> bool:
+        """Make `version` current if `better(current)` says so; returns whether it is current.
+
+        `better` is called with the current version (None before the first promotion) while the
+        registry is locked, so no other promotion can slip in between its decision and this
+        one's: concurrent "promote if better" runs each compare against the true current model.
+        `better` is not called when `version` is current already. Checked as in `promote`.
+        """
+        self._require_servable(version, "promote")  # outside the lock: versions are immutable
         with self._locked():
             state = self._read_state()
             if state["current"] == version:
-                return
+                return True
+            if not better(state["current"]):
+                return False
             if state["current"] is not None:
                 state["history"].append(state["current"])
             state["current"] = version
             write_json_atomically(self.root / STATE, state)
+            return True
 
     def rollback(self) -> str:
-        """Make the previously current version current again and return it."""
+        """Make the previously current version current again and return it.
+
+        A previous version that is gone or no longer loads is refused (`RegistryError`) and
+        nothing changes; promote the version wanted instead.
+        """
         with self._locked():
             state = self._read_state()
             if not state["history"]:
@@ -131,6 +154,7 @@ class Registry:
             previous = state["history"][-1]
             if not (self.root / previous).is_dir():
                 raise RegistryError(f"cannot roll back to {previous}: its directory is gone")
+            self._require_servable(previous, "roll back to")
             state["history"].pop()
             state["current"] = previous
             write_json_atomically(self.root / STATE, state)
@@ -155,8 +179,30 @@ class Registry:
                 raise RegistryError(f"no model version has been promoted in {self.root}")
         return load_artifact(self.path(version), verify=verify, mmap=mmap)
 
+    def _require_servable(self, version: str, doing: str) -> None:
+        """Load `version` as a server would; RegistryError naming `doing` if it cannot be."""
+        try:
+            self.load(version)
+        except ArtifactError as exc:
+            raise RegistryError(f"cannot {doing} {version}: {exc.detail}", version=version) from exc
+
+    def _info(self, name: str, current: str | None) -> VersionInfo:
+        path = self.root / name
+        try:
+            manifest = read_manifest(path)
+            created_at = _created_at(path, manifest)
+        except ArtifactError as exc:
+            return VersionInfo(
+                name, created_at=None, current=name == current, path=path, manifest={}, error=exc.detail
+            )
+        return VersionInfo(name, created_at=created_at, current=name == current, path=path, manifest=manifest)
+
     def _version_names(self) -> list[str]:
-        names = [entry.name for entry in self.root.iterdir() if _VERSION.fullmatch(entry.name)]
+        try:
+            entries = list(self.root.iterdir())
+        except FileNotFoundError:  # nothing published yet; reading creates nothing
+            return []
+        names = [entry.name for entry in entries if _VERSION.fullmatch(entry.name)]
         return sorted(names, key=_number)
 
     def _rename_to_next_version(self, staging: Path) -> str:
@@ -221,8 +267,8 @@ def _number(version: str) -> int:
     return int(version[1:])
 
 
-def _created_at(directory: Path) -> datetime:
-    value = read_manifest(directory).get("created_at")
+def _created_at(directory: Path, manifest: dict[str, Any]) -> datetime:
+    value = manifest.get("created_at")
     try:
         return datetime.fromisoformat(str(value))
     except ValueError as exc:

@@ -383,19 +383,31 @@ _MODEL_EXAMPLE: dict[str, Any] = {
     "current": True,
     "serving": True,
     "metrics": {"model": {"ndcg@10": 0.31}, "popularity": {"ndcg@10": 0.12}},
+    "error": None,
+}
+_BROKEN_MODEL_EXAMPLE: dict[str, Any] = {
+    "version": "v000004",
+    "created_at": None,
+    "current": False,
+    "serving": False,
+    "metrics": {},
+    "error": "var/models/v000004/manifest.json: missing file",
 }
 
 
 class ModelPublic(Schema):
-    """One published model version."""
+    """One published model version; a broken one (it cannot be promoted) says why in `error`."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [_MODEL_EXAMPLE]})
+    model_config = ConfigDict(json_schema_extra={"examples": [_MODEL_EXAMPLE, _BROKEN_MODEL_EXAMPLE]})
 
     version: str
-    created_at: datetime
+    created_at: datetime | None = Field(description="null when the version's manifest cannot be read")
     current: bool = Field(description="the registry's current version")
     serving: bool = Field(description="the version this process answers with")
     metrics: dict[str, Any]
+    error: str | None = Field(
+        default=None, description="why the version is broken and cannot be served; null when it is sound"
+    )
 
 
 class ModelsPublic(Schema):
@@ -405,7 +417,7 @@ class ModelsPublic(Schema):
                 {
                     "current": "v000003",
                     "serving": "v000003",
-                    "versions": [_MODEL_EXAMPLE],
+                    "versions": [_MODEL_EXAMPLE, _BROKEN_MODEL_EXAMPLE],
                 }
             ]
         }

@@ -315,25 +315,43 @@ def publish(
 
     Returns (version, promoted, reason). "Better" compares the configured metric with the
     current model's manifest; both were measured on a hold-out of their own training data.
+    The comparison and the promotion happen under the registry's lock, so of two runs
+    publishing at once the better model ends up current, whichever finishes last.
     """
     version = registry.publish(result.artifact)
-    metric = settings.evaluation.promote_metric
-    current = registry.current()
     if promote:
         registry.promote(version)
         return version, True, "promoted as asked"
     if not promote_if_better:
         return version, False, "not promoted (use `recsvc models promote`)"
-    new_score = metric_of(result.manifest, metric)
-    old_score = metric_of(registry.manifest(current), metric) if current else None
-    if current is None or old_score is None:
-        registry.promote(version)
-        return version, True, f"promoted: no current model to compare {metric} with"
-    if new_score is not None and new_score > old_score:
-        registry.promote(version)
-        return version, True, f"promoted: {metric} {new_score:.4f} > {old_score:.4f} of {current}"
-    shown = "none" if new_score is None else f"{new_score:.4f}"
-    return version, False, f"kept {current}: {metric} {shown} <= {old_score:.4f}"
+    metric = settings.evaluation.promote_metric
+    comparison = _Comparison(registry, metric, metric_of(result.manifest, metric))
+    promoted = registry.promote_if(version, comparison.better)
+    return version, promoted, comparison.reason
+
+
+@dataclass
+class _Comparison:
+    """Decides whether a new model beats the registry's current one, and remembers why."""
+
+    registry: Registry
+    metric: str
+    new_score: float | None
+    reason: str = "promoted: it is current already"
+
+    def better(self, current: str | None) -> bool:
+        """`Registry.promote_if`'s question, asked with the current version read under its lock."""
+        metric, new_score = self.metric, self.new_score
+        old_score = metric_of(self.registry.manifest(current), metric) if current else None
+        if current is None or old_score is None:
+            self.reason = f"promoted: no current model to compare {metric} with"
+            return True
+        if new_score is not None and new_score > old_score:
+            self.reason = f"promoted: {metric} {new_score:.4f} > {old_score:.4f} of {current}"
+            return True
+        shown = "none" if new_score is None else f"{new_score:.4f}"
+        self.reason = f"kept {current}: {metric} {shown} <= {old_score:.4f}"
+        return False
 
 
 def train(

@@ -19,7 +19,11 @@ Version = Annotated[str, Path(pattern=r"^v\d{6,}$", examples=["v000004"])]
 
 @router.get("", response_model=ModelsPublic, summary="List model versions (admin)", responses=problems(*AUTH))
 async def list_models(_: AdminKey, services: ServicesDep) -> ModelsPublic:
-    """Every published version, oldest first, with its evaluation metrics."""
+    """Every published version, oldest first, with its evaluation metrics.
+
+    A broken version (empty, half copied, a corrupt manifest) is listed with `error` saying why;
+    it never fails the listing. A registry folder that does not exist yet lists no versions.
+    """
     current, versions = await asyncio.to_thread(_versions, services.registry)
     serving = services.models.version
     return ModelsPublic(
@@ -54,7 +58,8 @@ def _versions(registry: Registry) -> tuple[str | None, list[ModelPublic]]:
             created_at=info.created_at,
             current=info.current,
             serving=False,
-            metrics=registry.manifest(info.version).get("metrics", {}),
+            metrics=info.manifest.get("metrics", {}),
+            error=info.error,
         )
         for info in infos
     ]

@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from registry_support import lock_is_held
 from test_artifact import make_artifact  # the one small artifact every artifact test uses
 
 from recsvc.artifact import MANIFEST, ModelArtifact, write_artifact
@@ -53,7 +55,8 @@ def test_versions_are_monotonic_and_listed_oldest_first(tmp_path: Path, artifact
     assert published == ["v000001", "v000002", "v000003"]
     listed = registry.versions()
     assert [v.version for v in listed] == published
-    assert [v.created_at for v in listed] == sorted(v.created_at for v in listed)
+    created = [v.created_at for v in listed if v.created_at is not None]
+    assert created == sorted(created) and len(created) == len(listed)
     assert listed[0].created_at == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     assert [v.path for v in listed] == [registry.path(v) for v in published]
     assert not any(v.current for v in listed) and registry.current() is None
@@ -267,3 +270,124 @@ def test_concurrent_promotes_from_processes_lose_no_update(tmp_path: Path, artif
 
     assert_every_promote_recorded(tmp_path, pairs, 40)
     assert registry.current() in versions
+
+
+def emptied(version: Path) -> None:
+    """As if the version's files were never copied (or were deleted by hand)."""
+    for path in version.iterdir():
+        path.unlink()
+
+
+def corrupt_manifest(version: Path) -> None:
+    (version / MANIFEST).write_text("{not json")
+
+
+def missing_file(version: Path) -> None:
+    """A half-copied version: its manifest lists a file that is not there."""
+    (version / "item_factors.npy").unlink()
+
+
+BREAKAGES = [emptied, corrupt_manifest, missing_file]
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_a_version_that_does_not_load_is_never_promoted(
+    tmp_path: Path, artifact: ModelArtifact, breakage: Callable[[Path], None]
+) -> None:
+    registry = Registry(tmp_path)
+    good = registry.publish(artifact)
+    registry.promote(good)
+    broken = registry.publish(artifact)
+    breakage(registry.path(broken))
+    before = state(tmp_path)
+
+    with pytest.raises(RegistryError, match=f"cannot promote {broken}: "):
+        registry.promote(broken)
+    with pytest.raises(RegistryError, match=f"cannot promote {broken}: "):
+        registry.promote_if(broken, lambda current: True)
+
+    assert state(tmp_path) == before and registry.current() == good
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_rollback_refuses_a_previous_version_that_no_longer_loads(
+    tmp_path: Path, artifact: ModelArtifact, breakage: Callable[[Path], None]
+) -> None:
+    registry = Registry(tmp_path)
+    first, second = registry.publish(artifact), registry.publish(artifact)
+    registry.promote(first)
+    registry.promote(second)
+    breakage(registry.path(first))
+
+    with pytest.raises(RegistryError, match=f"cannot roll back to {first}: "):
+        registry.rollback()
+
+    assert state(tmp_path) == {"current": second, "history": [first]}
+
+
+def test_a_broken_version_is_listed_with_why(tmp_path: Path, artifact: ModelArtifact) -> None:
+    registry = Registry(tmp_path)
+    good = registry.publish(artifact)
+    registry.promote(good)
+    (tmp_path / "v000002").mkdir()  # made by hand, or a copy that never started
+    corrupt = registry.publish(artifact)
+    corrupt_manifest(registry.path(corrupt))
+    no_date = registry.publish(artifact)
+    manifest = json.loads((registry.path(no_date) / MANIFEST).read_text())
+    (registry.path(no_date) / MANIFEST).write_text(json.dumps({**manifest, "created_at": "yesterday"}))
+
+    listed = registry.versions()
+
+    assert [(v.version, v.current) for v in listed] == [
+        (good, True),
+        ("v000002", False),
+        (corrupt, False),
+        (no_date, False),
+    ]
+    assert listed[0].error is None and listed[0].created_at is not None
+    assert listed[0].manifest == registry.manifest(good)
+    errors = {v.version: v.error for v in listed[1:]}
+    assert "manifest.json: missing file" in str(errors["v000002"])
+    assert "unreadable manifest" in str(errors[corrupt])
+    assert "bad created_at 'yesterday'" in str(errors[no_date])
+    assert all(v.created_at is None and v.manifest == {} for v in listed[1:])
+
+
+def test_reading_a_registry_that_does_not_exist_creates_nothing(
+    tmp_path: Path, artifact: ModelArtifact
+) -> None:
+    root = tmp_path / "not" / "there"
+    registry = Registry(root)
+
+    assert registry.versions() == [] and registry.current() is None
+    with pytest.raises(NotFoundError):
+        registry.manifest("v000001")
+    with pytest.raises(NotFoundError):
+        registry.promote("v000001")
+    assert not (tmp_path / "not").exists()
+
+    assert registry.publish(artifact) == "v000001"  # publishing is what creates it
+    assert [v.version for v in registry.versions()] == ["v000001"]
+
+
+def test_promote_if_decides_under_the_lock_with_the_current_version(
+    tmp_path: Path, artifact: ModelArtifact
+) -> None:
+    registry = Registry(tmp_path)
+    v1, v2, v3 = (registry.publish(artifact) for _ in range(3))
+    asked: list[tuple[str | None, bool]] = []
+
+    def better(answer: bool) -> Callable[[str | None], bool]:
+        def decide(current: str | None) -> bool:
+            asked.append((current, lock_is_held(tmp_path)))
+            return answer
+
+        return decide
+
+    assert registry.promote_if(v1, better(True)) and registry.current() == v1
+    assert not registry.promote_if(v2, better(False)) and registry.current() == v1
+    assert registry.promote_if(v3, better(True)) and registry.current() == v3
+    assert registry.promote_if(v3, better(False))  # current already: nothing to decide
+    assert asked == [(None, True), (v1, True), (v1, True)]
+    assert state(tmp_path) == {"current": v3, "history": [v1]}
+    assert not lock_is_held(tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import anyio
 import pytest
@@ -30,6 +31,41 @@ async def test_list_models_with_current_serving_and_metrics(api: Api, second_ver
     first, second = body["versions"]
     assert first["current"] and first["serving"] and not second["current"] and not second["serving"]
     assert "ndcg@10" in first["metrics"]["model"] and "ndcg@10" in first["metrics"]["popularity"]
+
+
+async def test_a_broken_version_is_listed_with_why_instead_of_failing_the_list(
+    api: Api, second_version: str
+) -> None:
+    """An empty version folder (or a corrupt manifest) used to make the listing answer 500."""
+    (api.registry.root / "v000003").mkdir()
+    (api.registry.path(second_version) / "manifest.json").write_text("{not json")
+
+    response = await api.admin.get("/v1/models")
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["current"] == body["serving"] == "v000001"
+    first, second, empty = body["versions"]
+    assert first["version"] == "v000001" and first["error"] is None and first["created_at"]
+    assert "ndcg@10" in first["metrics"]["model"]
+    assert (second["version"], empty["version"]) == (second_version, "v000003")
+    assert "unreadable manifest" in second["error"]
+    assert empty["error"].endswith("v000003/manifest.json: missing file")
+    for broken in (second, empty):
+        assert broken["created_at"] is None and broken["metrics"] == {}
+        assert not broken["current"] and not broken["serving"]
+    assert_problem(await api.admin.post("/v1/models/v000003/promote"), 409, detail="v000003")
+
+
+async def test_listing_a_registry_that_does_not_exist_creates_nothing(
+    shop_settings: Settings, tmp_path: Path, clock: ManualClock
+) -> None:
+    missing = tmp_path / "no-registry-here"
+    async for api in open_api(shop_settings, Registry(missing), clock):
+        response = await api.admin.get("/v1/models")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"current": None, "serving": None, "versions": []}
+    assert not missing.exists()
 
 
 async def test_promote_unknown_or_malformed_version(api: Api) -> None:
@@ -127,12 +163,16 @@ async def test_the_lifespan_watcher_polls_the_registry(
 
 
 async def test_a_version_that_fails_to_load_is_not_served(api: Api, second_version: str) -> None:
-    (api.registry.path(second_version) / "item_factors.npy").write_bytes(b"broken")
+    factors = api.registry.path(second_version) / "item_factors.npy"
+    intact = factors.read_bytes()
+    factors.write_bytes(b"broken")
     problem = assert_problem(await api.admin.post(f"/v1/models/{second_version}/promote"), 409)
     assert second_version in problem["detail"]
     assert api.registry.current() == "v000001"
 
-    api.registry.promote(second_version)  # promoted behind the server's back
+    factors.write_bytes(intact)
+    api.registry.promote(second_version)  # promoted behind the server's back...
+    factors.write_bytes(b"broken")  # ...and damaged on disk before the server loads it
     services: Services = api.app.state.services
     assert not await services.models.refresh()
     response = await api.app_client.get("/v1/users/gA-u1/recommendations")

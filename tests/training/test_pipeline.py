@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import redis
 import scipy.sparse as sp
+from registry_support import lock_is_held
 
 from recsvc import ann
 from recsvc.config import Settings
@@ -74,6 +78,55 @@ def test_promote_if_better_keeps_a_better_current_model(settings: Settings, plan
 
     third, promoted, _ = pipeline.publish(settings, good, registry, promote_if_better=False)
     assert not promoted and [v.version for v in registry.versions()] == [first, second, third]
+
+
+def scored(result: pipeline.TrainResult, metric: str, score: float) -> pipeline.TrainResult:
+    """The same model claiming another score on `metric`."""
+    manifest = {**result.manifest, "metrics": {"model": {metric: score}, "popularity": {metric: 0.0}}}
+    return dataclasses.replace(result, artifact=dataclasses.replace(result.artifact, manifest=manifest))
+
+
+def test_of_two_runs_promoting_if_better_at_once_the_better_model_stays_current(
+    settings: Settings, planted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run A (score 0.5) reads the current model (0.1); run B (0.9) promotes at that moment.
+
+    A must then compare with B's model, not the one it read: before the comparison and the
+    promotion shared the registry lock, A promoted its worse model over B's. B is run as soon
+    as the lock lets another process in, so the order is fixed without timing anything.
+    """
+    config = small(settings)
+    loaded = pipeline.load_events(config, [planted], forgotten=())
+    trained = pipeline.fit_and_evaluate(config, pipeline.prepare(config, loaded))
+    metric = settings.evaluation.promote_metric
+    ours, theirs = Registry(settings.registry.dir), Registry(settings.registry.dir)
+    ours.promote(ours.publish(scored(trained, metric, 0.1).artifact))
+    their_runs: list[tuple[str, bool, str]] = []
+
+    def their_run() -> None:
+        their_runs.append(
+            pipeline.publish(settings, scored(trained, metric, 0.9), theirs, promote_if_better=True)
+        )
+
+    real_manifest = Registry.manifest
+
+    def manifest_then_they_promote(self: Registry, version: str) -> dict[str, Any]:
+        manifest = real_manifest(self, version)
+        if self is ours and not their_runs and not lock_is_held(ours.root):
+            their_run()
+        return manifest
+
+    monkeypatch.setattr(Registry, "manifest", manifest_then_they_promote)
+    version, promoted, reason = pipeline.publish(
+        settings, scored(trained, metric, 0.5), ours, promote_if_better=True
+    )
+    if not their_runs:  # they waited for the lock we held while deciding: they come after us
+        their_run()
+
+    ((their_version, they_promoted, their_reason),) = their_runs
+    assert (version, their_version) == ("v000002", "v000003")
+    assert promoted and they_promoted, (reason, their_reason)  # each beat what it compared with
+    assert ours.current() == their_version, (reason, their_reason)
 
 
 def test_artifact_holds_every_event_and_what_each_user_bought(settings: Settings, planted: Path) -> None:
