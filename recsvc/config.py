@@ -105,6 +105,13 @@ class EvaluationConfig(Section):
         known = {"precision", "recall", "ndcg", "map", "hit_rate", "coverage"}
         if name not in known or not k.isdigit():
             raise ValueError(f"promote_metric must look like 'ndcg@10' with a name in {sorted(known)}")
+        # Evaluation measures metrics at `k` only: a promote metric at another k is never in a
+        # manifest, so `--promote-if-better` would promote whatever it is compared with.
+        if int(k) != self.k:
+            raise ValueError(
+                f"promote_metric = '{self.promote_metric}' needs metrics at {int(k)} but k = {self.k}, "
+                f"the only cut-off evaluated: set promote_metric = '{name}@{self.k}' or k = {int(k)}"
+            )
         return self
 
 

@@ -20,16 +20,23 @@ MICROS_PER_DAY = 86_400 * 1_000_000
 # (from 1e39) into an infinite confidence that broke fold-in for that user for good (the event
 # stays in their history) and would break training. The API refuses larger values.
 MAX_EVENT_VALUE = 1e9
+# The least an event's decay can leave of its weight: 2 ** -64, reached after 64 half-lives. Decay
+# in float32 once underflowed to exactly 0 past 150 half-lives (ML-100K's 1998 ratings beside one
+# 2026 event), and a zero confidence drops the event from the matrix without a word, down to an
+# empty model. At the floor an event still means nothing to a model next to a fresh one, but it
+# keeps its cell, and times any type weight from 1e-18 up it stays a normal float32.
+MIN_DECAY = 2.0**-64
 
 
 def decay_factors(
     ts_us: npt.NDArray[np.int64], *, reference_us: int, half_life_days: float
 ) -> npt.NDArray[np.float32]:
-    """0.5 ** (age / half-life); events newer than the reference count fully (no boost)."""
+    """0.5 ** (age / half-life), never below `MIN_DECAY`; events newer than the reference count
+    fully (no boost)."""
     if half_life_days <= 0:
         return np.ones(len(ts_us), dtype=np.float32)
     age_days = np.maximum(reference_us - ts_us, 0).astype(np.float64) / MICROS_PER_DAY
-    return np.exp2(-age_days / half_life_days).astype(np.float32)
+    return np.maximum(np.exp2(-age_days / half_life_days), MIN_DECAY).astype(np.float32)
 
 
 def type_weights(

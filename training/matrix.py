@@ -6,6 +6,7 @@ duplicates summed into matrix cells, so nothing from the held-out future leaks i
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -15,8 +16,16 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recsvc.config import EventsConfig
+from recsvc.errors import InputError
 from recsvc.idmap import IdMap
 from recsvc.weighting import decay_factors, type_weights
+from training.split import iso_time
+
+log = logging.getLogger(__name__)
+
+# An event decayed to less than this share of its weight is as good as gone: next to fresh events
+# a model learns nothing from it. Training warns when decay leaves most events under it.
+NEGLIGIBLE_DECAY = 1e-6
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,7 @@ class EncodedEvents:
     weights: npt.NDArray[np.float32]
     excluded: npt.NDArray[np.bool_]  # of a type with `exclude_from_recommendations` (purchase, dismiss)
     reference_us: int
+    half_life_days: float  # the decay in `weights`, measured back from `reference_us`
     type_counts: dict[str, int]
 
     def __len__(self) -> int:
@@ -52,7 +62,7 @@ class EncodedEvents:
     def with_half_life(self, half_life_days: float) -> EncodedEvents:
         """The same events decayed with another half-life (for tuning it)."""
         decay = decay_factors(self.ts_us, reference_us=self.reference_us, half_life_days=half_life_days)
-        return replace(self, weights=self.base_weights * decay)
+        return replace(self, weights=self.base_weights * decay, half_life_days=half_life_days)
 
     def compact(self) -> EncodedEvents:
         """Drop users and items with no events left, renumbering the rest in their old order."""
@@ -79,7 +89,8 @@ def encode_events(table: pa.Table, config: EventsConfig) -> EncodedEvents:
     """Dense-encode ids (in order of first appearance) and weigh each event.
 
     Decay is measured from the newest event in the data, not from the wall clock, so training
-    the same files twice gives the same model.
+    the same files twice gives the same model. When it leaves most events next to nothing (years
+    of history beside a few new events), a warning says so: the model then learns from the few.
     """
     users, user_names = _dictionary(table.column("user_id"))
     items, item_names = _dictionary(table.column("item_id"))
@@ -91,6 +102,7 @@ def encode_events(table: pa.Table, config: EventsConfig) -> EncodedEvents:
     reference_us = int(ts_us.max()) if len(ts_us) else 0
     base_weights = type_weights(type_codes, type_names, values, config)
     decay = decay_factors(ts_us, reference_us=reference_us, half_life_days=config.half_life_days)
+    _warn_if_mostly_decayed(ts_us, decay, reference_us, config.half_life_days)
     counts = np.bincount(type_codes, minlength=len(type_names))
     excluded_types = np.array(
         [config.types[name].exclude_from_recommendations for name in type_names], dtype=bool
@@ -105,17 +117,63 @@ def encode_events(table: pa.Table, config: EventsConfig) -> EncodedEvents:
         weights=base_weights * decay,
         excluded=excluded_types[type_codes],
         reference_us=reference_us,
+        half_life_days=config.half_life_days,
         type_counts={name: int(count) for name, count in zip(type_names, counts, strict=True)},
     )
 
 
+def _warn_if_mostly_decayed(
+    ts_us: npt.NDArray[np.int64], decay: npt.NDArray[np.float32], reference_us: int, half_life_days: float
+) -> None:
+    """Warn when decay leaves more than half of the events under `NEGLIGIBLE_DECAY` of their weight.
+
+    Relative to one new event, 28-year-old ratings are rightly worth next to nothing; but then
+    the model is fitted on the new event alone, and whoever trains it has to hear that.
+    """
+    faded = int(np.count_nonzero(decay < NEGLIGIBLE_DECAY))
+    if faded * 2 <= len(decay):
+        return
+    log.warning(
+        "decay leaves %s of %s events (%.1f%%) with less than a millionth of their weight, so the "
+        "model learns next to nothing from them: half_life_days=%s measured from the newest event "
+        "(%s), the oldest is from %s; train on a recent window of events, or raise half_life_days "
+        "(0 turns decay off)",
+        f"{faded:,}",
+        f"{len(decay):,}",
+        100.0 * faded / len(decay),
+        half_life_days,
+        iso_time(reference_us),
+        iso_time(int(ts_us.min())),
+    )
+
+
 def interaction_matrix(events: EncodedEvents) -> sp.csr_matrix:
-    """Sum the confidences of repeated (user, item) events into one CSR cell each."""
+    """Sum the confidences of repeated (user, item) events into one CSR cell each.
+
+    A matrix without a single cell is refused: fitted on it, a model is noise that would still be
+    evaluated and published, so the error says why no event weighed anything.
+    """
     shape = (len(events.user_ids), len(events.item_ids))
     matrix = sp.csr_matrix((events.weights, (events.users, events.items)), shape=shape, dtype=np.float32)
     matrix.sum_duplicates()
     matrix.eliminate_zeros()
+    if matrix.nnz == 0:
+        raise InputError(f"no interactions to train on: {_zero_weights(events)}")
     return matrix
+
+
+def _zero_weights(events: EncodedEvents) -> str:
+    """Why the events weigh nothing: how many weigh 0, by type or value and by decay, and when."""
+    if len(events) == 0:
+        return "no events are left for training"
+    by_type = int(np.count_nonzero(events.base_weights == 0))
+    by_decay = int(np.count_nonzero((events.weights == 0) & (events.base_weights != 0)))
+    return (
+        f"all {len(events):,} events weigh 0 ({by_type:,} by their type's weight or value, "
+        f"{by_decay:,} by decay with half_life_days={events.half_life_days} measured from the "
+        f"newest event, {iso_time(events.reference_us)}); the oldest is from "
+        f"{iso_time(int(events.ts_us.min()))}, the newest from {iso_time(int(events.ts_us.max()))}"
+    )
 
 
 def excluded_matrix(events: EncodedEvents) -> sp.csr_matrix:

@@ -143,7 +143,13 @@ def split_events(settings: Settings, events: EncodedEvents) -> Split:
     evaluation = settings.evaluation
     if evaluation.split == "time_cut":
         return time_cut_split(events.ts_us, quantile=evaluation.time_cut_quantile)
-    return leave_last_split(events.users, events.items, events.ts_us, holdout=evaluation.holdout_per_user)
+    return leave_last_split(
+        events.users,
+        events.items,
+        events.ts_us,
+        holdout=evaluation.holdout_per_user,
+        seed=settings.training.random_state,
+    )
 
 
 def prepare(settings: Settings, loaded: io.LoadedEvents) -> Prepared:

@@ -5,8 +5,10 @@ whoever builds the interaction matrix applies the train mask. Both protocols cut
 model is always scored on what a user did *after* everything it was trained on:
 
 - `leave_last_split` holds out, per user, the events from the time they started their last
-  `holdout` distinct items;
-- `time_cut_split` holds out every event after one global instant.
+  `holdout` distinct items; a user whose items all tie in time (Last.fm has one date for every
+  event) holds out `holdout` items drawn by a seeded pseudo-random order instead;
+- `time_cut_split` holds out every event after one global instant, and refuses data with nothing
+  before it.
 
 `test_matrix` turns the held-out events into the binary relevance matrix the metrics read.
 """
@@ -41,6 +43,7 @@ def leave_last_split(
     ts: npt.NDArray[np.int64],
     *,
     holdout: int,
+    seed: int = 0,
 ) -> Split:
     """Hold out each user's events from the start of their last `holdout` distinct items.
 
@@ -48,8 +51,12 @@ def leave_last_split(
     and collecting distinct items, the walk stops at the `holdout`-th new item. That event's
     timestamp is the user's cut: every event of the user at or after it is test, everything
     before it is train, so equal timestamps are never split across the cut. A user with at most
-    `holdout` distinct items, or whose cut is their first timestamp (everything would be test),
-    keeps all events in train.
+    `holdout` distinct items keeps all events in train.
+
+    A user whose cut is their first timestamp (everything would be test: their last items all
+    tie with their first) has no time order to go by, so their ties are broken: the same walk
+    over events ordered by (ts, `tie_ranks(seed)` of the item, item) holds out exactly `holdout`
+    items, pseudo-randomly chosen and the same for the same data and seed, and keeps the rest.
 
     The walk stops at the `holdout`-th most recent *last occurrence* of an item, so the cut is
     the `holdout`-th largest of the user's per-item latest timestamps: one sort of the events by
@@ -78,33 +85,121 @@ def leave_last_split(
     latest_ascending = _sort_within_runs(pair_user, pair_latest)
     cut = latest_ascending[np.maximum(user_start + distinct - holdout, user_start)]
     eligible = (distinct > holdout) & (cut > first_ts)
+    tied = (distinct > holdout) & (cut == first_ts)
 
     user_cut = np.full(n_users, np.iinfo(np.int64).max, dtype=np.int64)
     user_cut[present[eligible]] = cut[eligible]
     test = ts >= user_cut[users]
-    n_test_users = int(eligible.sum())
+    if tied.any():
+        is_tied = np.zeros(n_users, dtype=bool)
+        is_tied[present[tied]] = True
+        test |= _leave_last_tie_broken(users, items, ts, is_tied[users], holdout=holdout, seed=seed)
+    n_test_users = int(eligible.sum() + tied.sum())
+    ties = (
+        f"{int(tied.sum())} of them, whose last items all share their first timestamp, by a "
+        f"pseudo-random order of their items (seed {seed}); "
+        if tied.any()
+        else ""
+    )
     description = (
         f"leave last {holdout} distinct item(s) per user: {n_test_users} of {len(present)} users "
-        f"hold out {int(test.sum())} of {n_events} events at or after their own cut; users with "
-        f"at most {holdout} distinct items or nothing before the cut stay in train"
+        f"hold out {int(test.sum())} of {n_events} events at or after their own cut; {ties}users "
+        f"with at most {holdout} distinct items stay in train"
     )
     return Split(train=~test, test=test, cut_description=description)
 
 
+def tie_ranks(
+    users: npt.NDArray[np.integer], items: npt.NDArray[np.integer], *, seed: int
+) -> npt.NDArray[np.uint64]:
+    """A pseudo-random rank for each (user, item): the order in which a user's tied items count.
+
+    A hash (splitmix64's finaliser) of the pair and the seed alone, so it needs no generator
+    state and the rank of a pair is the same wherever and however often it occurs.
+    """
+    seed_key = _mix(np.array([seed % 2**64], dtype=np.uint64))
+    keys = (users.astype(np.uint64) << np.uint64(32)) | items.astype(np.uint64)
+    return _mix(keys ^ seed_key)
+
+
+def _mix(keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """splitmix64's finaliser: a bijection of uint64 that scatters neighbouring keys."""
+    mixed = keys + np.uint64(0x9E3779B97F4A7C15)  # array arithmetic wraps modulo 2**64
+    mixed = (mixed ^ (mixed >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    mixed = (mixed ^ (mixed >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return mixed ^ (mixed >> np.uint64(31))
+
+
+def _leave_last_tie_broken(
+    users: npt.NDArray[np.integer],
+    items: npt.NDArray[np.integer],
+    ts: npt.NDArray[np.int64],
+    selected: npt.NDArray[np.bool_],
+    *,
+    holdout: int,
+    seed: int,
+) -> npt.NDArray[np.bool_]:
+    """The test mask of the walk back over events ordered by (ts, tie rank, item), for the
+    `selected` events (whole users, each with more than `holdout` distinct items).
+
+    In that order the walk meets each item first at its last occurrence, so the cut is the
+    user's `holdout`-th last "last occurrence"; the events sharing its key (the same item at the
+    same ts) lie just before it, and the user's test events run from the first of them on.
+    """
+    positions = np.flatnonzero(selected)
+    own_users, own_items, own_ts = users[positions], items[positions], ts[positions]
+    ranks = tie_ranks(own_users, own_items, seed=seed)
+    order = np.lexsort((own_items, ranks, own_ts, own_users))
+    by_user, by_item, by_ts = own_users[order], own_items[order], own_ts[order]
+
+    pairs = by_user.astype(np.int64) * (int(items.max()) + 1) + by_item
+    _, first_from_end = np.unique(pairs[::-1], return_index=True)
+    last_occurrences = np.sort(len(pairs) - 1 - first_from_end)
+    owners = by_user[last_occurrences]
+    run_start = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+    run_length = np.diff(np.r_[run_start, len(owners)])
+    cut_position = last_occurrences[run_start + run_length - holdout]
+
+    new_key = np.r_[True, (pairs[1:] != pairs[:-1]) | (by_ts[1:] != by_ts[:-1])]
+    key_start = np.maximum.accumulate(np.where(new_key, np.arange(len(pairs)), 0))
+    user_test_from = np.zeros(int(users.max()) + 1, dtype=np.int64)
+    user_test_from[owners[run_start]] = key_start[cut_position]
+    test = np.zeros(len(users), dtype=bool)
+    test[positions[order]] = np.arange(len(pairs)) >= user_test_from[by_user]
+    return test
+
+
 def time_cut_split(ts: npt.NDArray[np.int64], *, quantile: float) -> Split:
-    """Hold out every event at or after the `quantile` of all timestamps (an observed ts)."""
+    """Hold out every event at or after the `quantile` of all timestamps (an observed ts).
+
+    When that is the earliest timestamp (all events at one instant, as in Last.fm), every event
+    would be test and the model fitted on nothing: that is refused.
+    """
     if not 0.0 < quantile < 1.0:
         raise InputError(f"quantile must be strictly between 0 and 1, got {quantile}")
     if len(ts) == 0:
         return _empty_split(f"time cut at quantile {quantile}: no events")
     cut = int(np.quantile(ts, quantile, method="higher"))
     test = ts >= cut
-    when = (_EPOCH + timedelta(microseconds=cut)).isoformat()
+    when = iso_time(cut)
+    if test.all():
+        raise InputError(
+            f"time cut at quantile {quantile} leaves nothing to train on: all {len(ts):,} events "
+            f"are at or after {when}, the earliest of their {len(np.unique(ts)):,} distinct "
+            'timestamp(s); use split = "leave_last", which holds out items per user and breaks '
+            "ties in time pseudo-randomly",
+            field="evaluation.split",
+        )
     description = (
         f"time cut at quantile {quantile}: {int(test.sum())} of {len(ts)} events at or after "
         f"{when} (ts={cut} us) are test"
     )
     return Split(train=~test, test=test, cut_description=description)
+
+
+def iso_time(ts_us: int) -> str:
+    """A timestamp in microseconds since the epoch as ISO 8601 in UTC, for messages."""
+    return (_EPOCH + timedelta(microseconds=ts_us)).isoformat()
 
 
 def test_matrix(

@@ -66,6 +66,17 @@ def test_wrong_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     assert key in caught.value.detail
 
 
+def test_promote_metric_at_another_k_than_evaluation_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluated at k=20, no manifest has ndcg@10: `--promote-if-better` promoted anything."""
+    monkeypatch.setenv("RECSVC_EVALUATION__K", "20")
+    with pytest.raises(ConfigError, match=r"promote_metric = 'ndcg@10'.* k = 20") as caught:
+        load_settings(REPO / "configs" / "default.toml")
+    assert caught.value.fields["key"] == "evaluation"
+    monkeypatch.setenv("RECSVC_EVALUATION__PROMOTE_METRIC", "map@20")
+    settings = load_settings(REPO / "configs" / "default.toml")
+    assert (settings.evaluation.k, settings.evaluation.promote_metric) == (20, "map@20")
+
+
 def test_wrong_env_value_names_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECSVC_INDEX__HNSW_M", "many")
     with pytest.raises(ConfigError, match=r"index\.hnsw_m"):

@@ -5,7 +5,7 @@ import pytest
 
 from recsvc.config import EventsConfig, EventType
 from recsvc.errors import InputError
-from recsvc.weighting import MAX_EVENT_VALUE, MICROS_PER_DAY, decay_factors, type_weights
+from recsvc.weighting import MAX_EVENT_VALUE, MICROS_PER_DAY, MIN_DECAY, decay_factors, type_weights
 
 CONFIG = EventsConfig(
     types={
@@ -30,6 +30,17 @@ def test_future_events_are_not_boosted_and_zero_half_life_disables_decay() -> No
     ts = np.array([5 * MICROS_PER_DAY, 0], np.int64)
     assert decay_factors(ts, reference_us=0, half_life_days=10.0)[0] == 1.0
     np.testing.assert_array_equal(decay_factors(ts, reference_us=10**12, half_life_days=0.0), [1.0, 1.0])
+
+
+def test_decades_of_decay_never_reach_zero() -> None:
+    """ML-100K's 1998 ratings beside one 2026 event underflowed float32 to 0 and left the matrix."""
+    reference = 20_000 * MICROS_PER_DAY
+    ages = np.array([0, 64 * 30, 10_300, 20_000], np.int64) * MICROS_PER_DAY  # 20,000 days: 1970
+    decay = decay_factors(reference - ages, reference_us=reference, half_life_days=30.0)
+    assert decay.dtype == np.float32
+    np.testing.assert_array_equal(decay, np.array([1.0, MIN_DECAY, MIN_DECAY, MIN_DECAY], np.float32))
+    short = decay_factors(reference - ages, reference_us=reference, half_life_days=1.0)
+    assert (short > 0).all() and (short * np.float32(1e-18) > np.finfo(np.float32).tiny).all()
 
 
 def test_type_weights_scale_by_value_as_configured() -> None:

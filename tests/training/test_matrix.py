@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from recsvc.config import EventsConfig, EventType
+from recsvc.errors import InputError
 from recsvc.schema import EVENT_SCHEMA
 from training.matrix import encode_events, excluded_matrix, interaction_matrix, min_interactions_mask
 
@@ -119,3 +122,38 @@ def test_excluded_matrix_holds_one_per_cell_of_excluded_events_only() -> None:
     assert matrix.data.tolist() == [1.0, 1.0]
     # the dismissal weighs nothing, so the confidence matrix has no cell for it
     assert interaction_matrix(encoded)[u2, b] == 0
+
+
+def test_decades_old_events_keep_their_cells_and_a_warning_names_the_decay(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Years of old events beside one new one: kept (not silently dropped), and the user is told."""
+    rows = [(f"u{n}", "a", "view", 10_300) for n in range(3)] + [("u0", "b", "purchase", 0)]
+    with caplog.at_level(logging.WARNING, logger="training.matrix"):
+        encoded = encode_events(events(rows), CONFIG)
+    assert interaction_matrix(encoded).nnz == 4
+    assert (encoded.weights > 0).all()
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "3 of 4 events (75.0%)" in message and "half_life_days=7.0" in message
+    assert (NOW - timedelta(days=10_300)).date().isoformat() in message and NOW.isoformat() in message
+
+
+def test_no_decay_warning_while_most_events_still_count(caplog: pytest.LogCaptureFixture) -> None:
+    rows = [("u0", "a", "view", 10_300), ("u1", "a", "view", 1), ("u1", "b", "view", 0)]
+    with caplog.at_level(logging.WARNING, logger="training.matrix"):
+        encode_events(events(rows), CONFIG)
+    assert caplog.records == []
+
+
+def test_a_matrix_without_interactions_is_refused_with_the_cause() -> None:
+    rows = [("u1", "a", "dismiss", 30), ("u2", "b", "dismiss", 0)]
+    encoded = encode_events(events(rows), EXCLUDING)
+    with pytest.raises(InputError, match="no interactions to train on") as caught:
+        interaction_matrix(encoded)
+    detail = caught.value.detail
+    assert "all 2 events weigh 0 (2 by their type's weight or value, 0 by decay" in detail
+    assert "half_life_days=7.0" in detail and (NOW - timedelta(days=30)).isoformat() in detail
+    with pytest.raises(InputError, match="no events are left"):
+        interaction_matrix(encoded.select(np.zeros(2, dtype=bool)))
+    assert encoded.with_half_life(3.0).half_life_days == 3.0

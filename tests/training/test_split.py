@@ -23,24 +23,40 @@ def events(
 
 
 def reference_leave_last(
-    users: npt.NDArray[np.int32], items: npt.NDArray[np.int32], ts: npt.NDArray[np.int64], holdout: int
+    users: npt.NDArray[np.int32],
+    items: npt.NDArray[np.int32],
+    ts: npt.NDArray[np.int64],
+    holdout: int,
+    seed: int = 0,
 ) -> npt.NDArray[np.bool_]:
-    """The rule as the docstring words it, one user at a time: sort, walk back, cut, check."""
+    """The rule as the docstring words it, one user at a time: sort, walk back, cut, check; and
+    when the cut is the user's first timestamp, the same walk with ties broken by rank and item."""
     test = np.zeros(len(users), dtype=bool)
+    ranks = split.tie_ranks(users, items, seed=seed)
     for user in np.unique(users):
         own = np.flatnonzero(users == user)
-        own = own[np.argsort(ts[own], kind="stable")]
         if len(np.unique(items[own])) <= holdout:
             continue
-        seen: set[int] = set()
-        for position in own[::-1]:
-            seen.add(int(items[position]))
-            if len(seen) == holdout:
-                cut = ts[position]
-                break
-        if cut > ts[own].min():
-            test[own] = ts[own] >= cut
+        by_time = own[np.argsort(ts[own], kind="stable")]
+        cut = walk_back(by_time, items, holdout)
+        if ts[cut] > ts[own].min():
+            test[own] = ts[own] >= ts[cut]
+            continue
+        tie_broken = own[np.lexsort((items[own], ranks[own], ts[own]))]
+        cut = walk_back(tie_broken, items, holdout)
+        key = list(zip(ts.tolist(), ranks.tolist(), items.tolist(), strict=True))
+        test[own] = [key[position] >= key[cut] for position in own]
     return test
+
+
+def walk_back(ordered: npt.NDArray[np.intp], items: npt.NDArray[np.int32], holdout: int) -> int:
+    """The position where a walk back over `ordered` events meets its `holdout`-th new item."""
+    seen: set[int] = set()
+    for position in ordered[::-1]:
+        seen.add(int(items[position]))
+        if len(seen) == holdout:
+            return int(position)
+    raise AssertionError("fewer distinct items than the holdout")
 
 
 def test_leave_last_holds_out_the_last_item_and_its_ties() -> None:
@@ -55,13 +71,15 @@ def test_leave_last_holds_out_the_last_item_and_its_ties() -> None:
             (2, 12, 200),  # user 2: last event at 200 ...
             (2, 11, 200),  # ... ties with this one, which goes to test with it
             (3, 10, 50),
-            (3, 11, 50),  # user 3: everything at one time, so everything would be test: train
+            (3, 11, 50),  # user 3: everything at one time: the tie is broken, one item is test
         ]
     )
     result = leave_last_split(users, items, ts, holdout=1)
-    assert result.test.tolist() == [False, False, False, False, True, False, True, True, False, False]
+    assert result.test[:8].tolist() == [False, False, False, False, True, False, True, True]
+    assert sorted(result.test[8:].tolist()) == [False, True]
     assert result.train.tolist() == (~result.test).tolist()
-    assert "2 of 4 users" in result.cut_description
+    assert "3 of 4 users" in result.cut_description
+    assert "1 of them, whose last items all share their first timestamp" in result.cut_description
 
 
 def test_leave_last_holdout_two_walks_back_to_the_last_occurrence_of_each_item() -> None:
@@ -101,6 +119,52 @@ def test_leave_last_matches_the_literal_rule_and_never_leaks_the_future() -> Non
         assert np.isin(tested, users[result.train]).all()  # every tested user keeps a history
 
 
+def test_leave_last_breaks_ties_seeded_when_every_event_shares_one_timestamp() -> None:
+    """Last.fm stamps every event 2011-01-01: each user must still hold out `holdout` items."""
+    rng = np.random.default_rng(11)
+    n_users, n_items = 300, 50
+    users = np.repeat(np.arange(n_users, dtype=np.int32), 12)
+    items = np.concatenate([rng.choice(n_items, 12, replace=False) for _ in range(n_users)]).astype(np.int32)
+    items = np.r_[items, items[:24]]  # users 0 and 1 saw each of their items twice
+    users = np.r_[users, users[:24]]
+    ts = np.full(len(users), 1_293_840_000_000_000, dtype=np.int64)
+    for holdout in (1, 3):
+        result = leave_last_split(users, items, ts, holdout=holdout, seed=42)
+        np.testing.assert_array_equal(result.test, reference_leave_last(users, items, ts, holdout, 42))
+        for user in range(n_users):
+            own = users == user
+            assert len(np.unique(items[own & result.test])) == holdout
+            assert not np.isin(items[own & result.test], items[own & result.train]).any()
+        assert f"{n_users} of {n_users} users" in result.cut_description
+        again = leave_last_split(users, items, ts, holdout=holdout, seed=42)
+        np.testing.assert_array_equal(again.test, result.test)
+    seeded = [leave_last_split(users, items, ts, holdout=1, seed=seed).test for seed in (42, 43)]
+    assert np.count_nonzero(seeded[0] != seeded[1]) > 0
+
+
+def test_leave_last_breaks_ties_only_for_users_whose_cut_is_their_first_timestamp() -> None:
+    users, items, ts = events(
+        [
+            (0, 1, 10),
+            (0, 2, 10),
+            (0, 3, 10),
+            (0, 4, 20),  # user 0, holdout 2: item 4, then one of 1, 2, 3 drawn
+            (1, 1, 10),
+            (1, 2, 20),
+            (1, 3, 20),  # user 1, holdout 1: 2 and 3 tie after item 1, both are test as before
+        ]
+    )
+    for seed in range(5):
+        result = leave_last_split(users, items, ts, holdout=2, seed=seed)
+        np.testing.assert_array_equal(result.test, reference_leave_last(users, items, ts, 2, seed))
+        assert result.test[3] and np.count_nonzero(result.test[:3]) == 1
+        assert leave_last_split(users, items, ts, holdout=1, seed=seed).test[4:].tolist() == [
+            False,
+            True,
+            True,
+        ]
+
+
 def test_leave_last_handles_timestamps_too_far_apart_to_pack() -> None:
     users, items, ts = events([(0, 0, 0), (0, 1, 2**62), (1, 0, 5), (1, 1, 2**62 + 1), (1, 2, 2**62 + 1)])
     result = leave_last_split(users, items, ts, holdout=1)
@@ -126,6 +190,15 @@ def test_time_cut_holds_out_from_the_quantile_on() -> None:
     assert "1970-01-01T00:00:00.000004+00:00" in result.cut_description
     with pytest.raises(InputError, match="quantile"):
         time_cut_split(ts, quantile=1.0)
+
+
+def test_time_cut_with_nothing_before_the_cut_is_refused() -> None:
+    ts = np.full(100, 1_293_840_000_000_000, dtype=np.int64)  # 2011-01-01, as Last.fm's import
+    with pytest.raises(InputError, match=r"nothing to train on: all 100 events .* 2011-01-01T00:00:00"):
+        time_cut_split(ts, quantile=0.9)
+    mostly_tied = np.r_[ts, ts[:5] + 1]  # 100 of 105 events at the earliest instant: the cut is there
+    with pytest.raises(InputError, match="leave_last"):
+        time_cut_split(mostly_tied, quantile=0.5)
 
 
 def test_time_cut_never_leaks_the_future() -> None:
