@@ -6,8 +6,9 @@ that reaches a worker during its user's quiet hours (a retry at 22:20, a backlog
 3 am) waits for the morning again, and one more than `delivery.max_delay_hours` late is dropped
 as `expired`: "today only" is wrong tomorrow, and a late push is worse than none.
 
-Quiet hours are the campaign's effective rules (read once a minute per campaign; the pushes of a
-campaign deleted meanwhile follow the global rules) in the timezone the user's profile has now.
+Quiet hours are the campaign's effective rules (read once a minute per campaign; the worker
+cancels the pushes of a deleted campaign before it asks, and should the campaign go in between,
+the global rules apply) in the timezone the user's profile has now.
 """
 
 from __future__ import annotations

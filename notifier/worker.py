@@ -17,6 +17,12 @@ rather than advertise what cannot be bought. The timing is judged again too
 (`notifier.send_window`): a push that comes to a worker in its user's quiet hours waits for
 their end, and one too late is suppressed as `expired`.
 
+The campaign is checked as well, in the same round trip: the pushes of a campaign deleted since
+they were queued (or deferred to the morning) are cancelled, status `failed` with error
+`campaign_deleted`, and counted nowhere, so a campaign created again under the same id starts
+at zero. A push suppressed or cancelled at send time also loses its push record (the one its run
+wrote for caps and gaps): it was never sent, so it must not count toward the user's caps.
+
 Per message, after its sends:
 - delivered to at least one device: status `sent`, counted `delivered` once;
 - a device whose token the provider declared invalid is removed from the profile, but only if
@@ -89,7 +95,11 @@ DEAD = "dead"
 SUPPRESSED = "suppressed"
 HELD = "held"  # reached a worker in its user's quiet hours: queued again for their end
 SKIPPED = "skipped"  # an entry with no message to send: expired, already finished, or malformed
+CANCELLED = "cancelled"  # its campaign was deleted since it was queued
 DEVICES_REMOVED = "devices_removed"
+# The error of a message cancelled because its campaign is gone. Not a campaign counter: the
+# campaign's statistics went with it.
+CAMPAIGN_DELETED = "campaign_deleted"
 # The campaign counters each verdict adds (a dead letter is a failure for the statistics).
 _COUNTS: dict[str, dict[str, int]] = {
     DELIVERED: {stats.DELIVERED: 1},
@@ -97,6 +107,16 @@ _COUNTS: dict[str, dict[str, int]] = {
     DEAD: {stats.FAILED: 1},
     RETRIED: {},
 }
+
+
+@dataclass(frozen=True)
+class _SendTimeState:
+    """What the worker reads about a message at send time, in one round trip."""
+
+    campaign_exists: bool
+    forgotten: bool
+    profile: dict[str, Any] | None  # None: the user has no profile
+    withdrawn: bool  # one of the message's items is now marked unavailable
 
 
 @dataclass(frozen=True)
@@ -224,36 +244,40 @@ class DeliveryWorker:
             await self._finish(entry, tally=SKIPPED)
             return
         attempts = int(fields.get("attempts") or 0) + 1
-        forgotten, profile, withdrawn = await self._current_state(message)
-        devices = _devices(profile)
-        reason = _suppression(forgotten, profile, devices, withdrawn)
+        state = await self._current_state(message)
+        devices = _devices(state.profile)
+        reason = _suppression(state, devices)
         if reason is not None:
-            await self._suppress(entry, message, reason)
+            await self._suppress(entry, message, reason, counted=state.campaign_exists)
             return
-        hold = await self._window.hold(message, profile, self._now())
+        hold = await self._window.hold(message, state.profile, self._now())
         if hold is not None:
             if hold.until is None:
-                await self._suppress(entry, message, stats.EXPIRED)
+                await self._suppress(entry, message, stats.EXPIRED, counted=True)
             else:
                 await self._hold_until(entry, message, hold.until)
             return
         sends = [self._send(message, device_id, token, platform) for device_id, token, platform in devices]
         await self._settle(entry, message, attempts, await asyncio.gather(*sends))
 
-    async def _current_state(self, message: Message) -> tuple[bool, dict[str, Any] | None, bool]:
-        """Whether the user was forgotten, their profile as it is now (None: none), and whether
-        one of the message's items is now marked unavailable in the catalog overrides."""
+    async def _current_state(self, message: Message) -> _SendTimeState:
+        """The message's campaign, user and items as they are now (see `_SendTimeState`)."""
         keys = self._keys
         with unavailable_as_error("delivery read profile"):
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hexists(keys.campaigns(), message.campaign_id)
                 pipe.sismember(keys.forgotten(), message.user_id)
                 pipe.hgetall(keys.profile(message.user_id))
                 if message.items:
                     pipe.hmget(keys.catalog_overrides(), list(message.items))
-                forgotten, stored, *overrides = await pipe.execute()
+                campaign_exists, forgotten, stored, *overrides = await pipe.execute()
         found = overrides[0] if overrides else []
-        withdrawn = any(json.loads(raw).get("available") is False for raw in found if raw)
-        return bool(forgotten), profile_from_hash(message.user_id, stored), withdrawn
+        return _SendTimeState(
+            campaign_exists=bool(campaign_exists),
+            forgotten=bool(forgotten),
+            profile=profile_from_hash(message.user_id, stored),
+            withdrawn=any(json.loads(raw).get("available") is False for raw in found if raw),
+        )
 
     async def _send(
         self, message: Message, device_id: str, token: str, platform: str | None
@@ -342,20 +366,26 @@ class DeliveryWorker:
         else:
             pipe.hset(key, mapping={"status": FAILED, "attempts": str(attempts), "error": errors})
 
-    async def _suppress(self, entry: outbox.Entry, message: Message, reason: str) -> None:
+    async def _suppress(self, entry: outbox.Entry, message: Message, reason: str, *, counted: bool) -> None:
+        """Drop a message unsent: its status (or, for a forgotten user, the message itself), its
+        push record, which must not count toward the user's caps, and, if `counted` (its campaign
+        still exists), the campaign's `suppressed:<reason>` counter, with the entry's finish."""
         keys = self._keys
+        member = rules.push_member(message.campaign_id, message.run_id)
         with unavailable_as_error("delivery suppress"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 if reason == stats.FORGOTTEN:
                     pipe.delete(keys.message(message.message_id))
                 else:
                     pipe.hset(keys.message(message.message_id), mapping={"status": FAILED, "error": reason})
-                stats.stage_counts(
-                    pipe, keys, message.campaign_id, message.run_id, {stats.suppressed(reason): 1}
-                )
+                pipe.zrem(keys.user_pushes(message.user_id), member)
+                if counted:
+                    stats.stage_counts(
+                        pipe, keys, message.campaign_id, message.run_id, {stats.suppressed(reason): 1}
+                    )
                 outbox.stage_finish(pipe, keys, entry)
                 await pipe.execute()
-        self.tally[SUPPRESSED] += 1
+        self.tally[SUPPRESSED if counted else CANCELLED] += 1
 
     async def _hold_until(self, entry: outbox.Entry, message: Message, due: float) -> None:
         """Queue the message again for `due` (the end of its user's quiet hours), still `queued`;
@@ -413,20 +443,18 @@ def _raise_outage(entries: Sequence[outbox.Entry], outcomes: Sequence[object]) -
         raise outage
 
 
-def _suppression(
-    forgotten: bool,
-    profile: Mapping[str, Any] | None,
-    devices: Sequence[tuple[str, str, str | None]],
-    withdrawn: bool,
-) -> str | None:
-    """Why the user must not get this push now, or None if they may."""
-    if forgotten:
+def _suppression(state: _SendTimeState, devices: Sequence[tuple[str, str, str | None]]) -> str | None:
+    """Why the user must not get this push now, or None if they may. A forgotten user comes
+    first: their message is deleted, whatever else holds."""
+    if state.forgotten:
         return stats.FORGOTTEN
-    if profile is not None and not profile.get("push_consent"):
+    if not state.campaign_exists:
+        return CAMPAIGN_DELETED
+    if state.profile is not None and not state.profile.get("push_consent"):
         return stats.NO_CONSENT
     if not devices:
         return stats.NO_DEVICE
-    if withdrawn:
+    if state.withdrawn:
         return stats.UNAVAILABLE_ITEM
     return None
 

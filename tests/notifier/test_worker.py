@@ -4,11 +4,13 @@ verifies signatures, and a manual clock moved by hand between burst runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -30,10 +32,19 @@ from redis.backoff import NoBackoff
 from runner_support import campaign, message_of, run_stats
 from shop import NOW, ManualClock
 
-from notifier import dead_letters, stats
+from notifier import dead_letters, rules, stats
 from notifier.messages import Message
 from notifier.providers import build_provider
-from notifier.worker import DELIVERED, REDIS_RETRY_SECONDS, DeliveryWorker, run_worker
+from notifier.store import CampaignStore
+from notifier.triggers import trigger_run_id
+from notifier.worker import (
+    CAMPAIGN_DELETED,
+    CANCELLED,
+    DELIVERED,
+    REDIS_RETRY_SECONDS,
+    DeliveryWorker,
+    run_worker,
+)
 from recsvc.config import Settings
 from recsvc.keys import DELIVERY_GROUP, Keys
 from recsvc.redis_conn import RedisUnavailable
@@ -80,6 +91,13 @@ class Delivery:
         assert (await self.aredis.xpending(self.keys.outbox(), DELIVERY_GROUP))["pending"] == 0
 
 
+async def store_campaign(aredis: aioredis.Redis, keys: Keys, campaign_id: str = "spring") -> None:
+    """Store the campaign whose messages the tests queue, with the global rules: a worker sends only
+    the pushes of a campaign that exists."""
+    stored = campaign(campaign_id, rules={})
+    await aredis.hset(keys.campaigns(), stored.id, stored.model_dump_json())
+
+
 @pytest.fixture
 async def delivery(
     aredis: aioredis.Redis, shop_settings: Settings, store: Store, clock: ManualClock
@@ -88,6 +106,7 @@ async def delivery(
     configured = with_provider(shop_settings, "webhook", url=receiver.url, secret=WEBHOOK_SECRET)
     settings = with_delivery(configured, max_attempts=3, backoff_base_seconds=30.0, backoff_max_seconds=600.0)
     keys = Keys(shop_settings.redis.prefix)
+    await store_campaign(aredis, keys)
     with running(receiver):
         async with httpx.AsyncClient(trust_env=False) as http:
             yield Delivery(aredis, settings, store, keys, receiver, clock, http)
@@ -190,6 +209,7 @@ async def test_replayed_dead_letters_are_delivered_and_no_longer_count_as_failed
     await delivery.user("gA-u1", "tok-phone")
     await delivery.user("gA-u2", "tok-tablet")
     spring = await delivery.queue("gA-u1")
+    await store_campaign(delivery.aredis, delivery.keys, "autumn")
     autumn = await queue_message(delivery.aredis, delivery.settings, "gA-u2", now=NOW, campaign_id="autumn")
     worker = await fail_every_attempt(delivery, "tok-phone", "tok-tablet")  # the provider was down
     keys, aredis = delivery.keys, delivery.aredis
@@ -402,6 +422,82 @@ async def test_a_push_of_an_item_marked_unavailable_since_it_was_prepared_is_sup
     await delivery.assert_outbox_empty()
 
 
+@pytest.mark.parametrize("path", ["queued", "deferred by the run", "held for the morning", "triggered"])
+async def test_pushes_of_a_campaign_deleted_since_they_were_queued_are_cancelled_and_counted_nowhere(
+    delivery: Delivery, path: str
+) -> None:
+    aredis, keys = delivery.aredis, delivery.keys
+    await delivery.store.put_profile(
+        "gA-u1", {"push_consent": True, "devices": devices("tok-phone"), "timezone": "Europe/Berlin"}
+    )
+    run_id = trigger_run_id(NOW) if path == "triggered" else "run-1"
+    due = NOW + timedelta(hours=3) if path == "deferred by the run" else NOW
+    message = await queue_message(aredis, delivery.settings, "gA-u1", now=NOW, due=due, run_id=run_id)
+    pushes = keys.user_pushes("gA-u1")
+    await aredis.zadd(pushes, {f"spring|{run_id}": message.due, "autumn|run-9": NOW.timestamp()})
+    worker = delivery.worker()
+    if path == "held for the morning":  # reaches a worker at 22:30 in Berlin: waits for 08:00
+        delivery.clock.now = datetime(2024, 2, 1, 21, 30, tzinfo=UTC)
+        await worker.run(burst=True)
+        assert worker.tally["held"] == 1
+    await CampaignStore(aredis, delivery.settings).delete("spring")
+
+    delivery.clock.now = datetime(2024, 2, 2, 7, 0, tzinfo=UTC)  # 08:00 in Berlin: everything is due
+    await worker.run(burst=True)
+
+    assert delivery.receiver.server.requests == []
+    state = await delivery.message_state(message)
+    assert (state["status"], state["error"]) == ("failed", CAMPAIGN_DELETED)
+    assert worker.tally[CANCELLED] == 1 and worker.tally[DELIVERED] == 0
+    assert await aredis.zrange(pushes, 0, -1) == ["autumn|run-9"]  # its record counts for no cap
+    await delivery.assert_outbox_empty()
+    assert await aredis.zcard(keys.outbox_delayed()) == 0
+    await store_campaign(aredis, keys)  # created again under the same id: it starts at zero
+    assert await run_stats(aredis, keys, "spring", run_id) == {}
+    assert await run_stats(aredis, keys, "spring", None) == {}
+
+
+@pytest.mark.parametrize("reason", [stats.UNAVAILABLE_ITEM, stats.EXPIRED, stats.NO_CONSENT, stats.NO_DEVICE])
+async def test_a_push_suppressed_at_send_time_no_longer_counts_toward_the_users_caps(
+    delivery: Delivery, reason: str
+) -> None:
+    aredis, keys = delivery.aredis, delivery.keys
+    pushes, pushed_items = keys.user_pushes("gA-u1"), keys.user_pushed_items("gA-u1")
+    await delivery.user("gA-u1", "tok-phone")
+    await store_campaign(aredis, keys, "summer")
+    sent = await queue_message(
+        aredis, delivery.settings, "gA-u1", now=NOW, campaign_id="summer", items=("b1",)
+    )
+    await aredis.zadd(pushes, {"summer|run-1": sent.due})  # its record, as the run wrote it
+    worker = delivery.worker()
+    await worker.run(burst=True)  # "summer" is delivered
+    suppressed = await delivery.queue("gA-u1")  # campaign "spring", items a1 and a2
+    await aredis.zadd(pushes, {"spring|run-1": suppressed.due})
+    await aredis.hset(pushed_items, "a1", json.dumps({"m": suppressed.message_id, "t": suppressed.due}))
+    if reason == stats.UNAVAILABLE_ITEM:
+        await delivery.store.upsert_items([{"item_id": "a2", "available": False}])
+    elif reason == stats.EXPIRED:
+        delivery.clock.now = NOW + timedelta(days=1, seconds=1)
+    elif reason == stats.NO_CONSENT:
+        await delivery.store.put_profile("gA-u1", {"push_consent": False})
+    else:
+        await delivery.store.put_profile("gA-u1", {"devices": {"d0": None}})
+
+    await worker.run(burst=True)
+
+    assert len(delivery.receiver.deliveries) == 1
+    state = await delivery.message_state(suppressed)
+    assert (state["status"], state["error"]) == ("failed", reason)
+    assert await delivery.counters() == {stats.suppressed(reason): 1}
+    # The user got one push: with max_per_day = 2, another may still go out that day.
+    stored = await aredis.zrange(pushes, 0, -1, withscores=True)
+    remaining = [rules.push_record(member, due) for member, due in stored]
+    assert [record.campaign_id for record in remaining] == ["summer"]
+    two_a_day = delivery.settings.notifier.rules.model_copy(update={"max_per_day": 2})
+    assert rules.cap_reason(two_a_day, ZoneInfo("UTC"), NOW, remaining, "winter", "run-1") is None
+    assert await aredis.hexists(pushed_items, "a1")  # attribution keeps its record
+
+
 async def test_two_workers_never_deliver_the_same_message_twice(delivery: Delivery) -> None:
     expected = []
     for n in range(30):
@@ -503,6 +599,7 @@ async def test_run_worker_with_the_log_provider(
         update={"notifier": shop_settings.notifier.model_copy(update={"rules": rules})}
     )
     await store.put_profile("gA-u1", {"push_consent": True, "devices": devices("tok-phone")})
+    await store_campaign(aredis, Keys(shop_settings.redis.prefix))
     await queue_message(aredis, settings, "gA-u1", now=utc_now(), title="Back in stock")
 
     with caplog.at_level(logging.INFO):
