@@ -10,8 +10,11 @@ recorded through `Store.record_events` like any event the app posts, so they rea
 history, trending and the archive. The event is recorded only by the call that set the flag, after
 the flag's transaction: a crash in between loses one training event rather than counting twice.
 
-A control-group message was never sent, so the app cannot have opened it: it answers like an
-unknown message (`NotFoundError`), which also keeps the control group invisible to clients.
+Only a message the provider accepted (status `sent`) can be opened, clicked or converted: one
+still queued, suppressed at send time or failed never reached the user. A control-group message
+was never sent either, so the app cannot have opened it: it answers like an unknown message
+(`NotFoundError`), which also keeps the control group invisible to clients; but a purchase of
+its items converts it, the baseline a campaign's lift is measured against.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from notifier import stats
+from notifier.messages import CONTROL, SENT
 from recsvc.config import Settings
 from recsvc.engine import RecentEvent
 from recsvc.errors import InputError, NotFoundError
@@ -89,9 +93,9 @@ class Tracker:
         flags = [stats.CLICKED, stats.OPENED] if interaction == "clicked" else [stats.OPENED]
 
         def check(fields: Mapping[str, str]) -> None:
-            if fields.get("control") == "1":
+            if fields.get("status") != SENT:  # control, still queued, suppressed or failed
                 raise NotFoundError(
-                    f"no push message {message_id!r} was sent", message_id=message_id, reason="control"
+                    f"no push message {message_id!r} was sent", message_id=message_id, reason="not_sent"
                 )
             if item_id is not None and item_id not in _items(fields):
                 raise InputError(
@@ -147,7 +151,10 @@ class Tracker:
             at = event.ts_us / 1e6
             if not float(pushed["t"]) <= at <= float(pushed["t"]) + window:
                 continue
-            flagged = await self._flag(str(pushed["m"]), [stats.CONVERTED], at)
+            try:
+                flagged = await self._flag(str(pushed["m"]), [stats.CONVERTED], at, _delivered_or_control)
+            except _NotSent:
+                continue
             if flagged is not None and flagged[1]:
                 converted.append(str(pushed["m"]))
         return converted
@@ -184,6 +191,15 @@ class Tracker:
                         return fields, new
                     except WatchError:
                         continue
+
+
+class _NotSent(Exception):
+    """A message that never reached the user: a purchase of its items converts nothing."""
+
+
+def _delivered_or_control(fields: Mapping[str, str]) -> None:
+    if fields.get("status") not in (SENT, CONTROL):
+        raise _NotSent
 
 
 def _items(fields: Mapping[str, str]) -> list[str]:

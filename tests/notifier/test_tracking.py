@@ -13,7 +13,7 @@ from shop import NOW, ManualClock
 from notifier import stats
 from notifier.campaign import Campaign
 from notifier.event_feed import EventFeed
-from notifier.messages import Message, message_id, stage_messages
+from notifier.messages import QUEUED, SENT, Message, message_id, stage_messages
 from notifier.runner import CampaignRunner
 from notifier.store import CampaignStore
 from notifier.tracking import Tracker
@@ -44,9 +44,17 @@ class Pushes:
         self.feed = EventFeed(aredis, settings, triggers, self.tracker, campaigns=campaigns)
 
     async def push(
-        self, user: str, items: list[str], *, run: str = "r1", due: datetime = NOW, control: bool = False
+        self,
+        user: str,
+        items: list[str],
+        *,
+        run: str = "r1",
+        due: datetime = NOW,
+        control: bool = False,
+        delivered: bool = True,
     ) -> str:
-        """A stored message and its pushed-items record, as a campaign run writes them."""
+        """A stored message and its pushed-items record, as a campaign run writes them, and (unless
+        a control message or not `delivered`) marked sent, as a worker does once a provider took it."""
         mid = message_id("spring", run, user)
         message = Message(
             mid, "spring", run, user, "Hi", "New for you", None, tuple(items), due.timestamp(), control
@@ -55,6 +63,8 @@ class Pushes:
         async with self.redis.pipeline(transaction=True) as pipe:
             stage_messages(pipe, self.keys, [message], now=due.timestamp(), ttl_seconds=TTL)
             pipe.hset(self.keys.user_pushed_items(user), mapping=dict.fromkeys(items, record))
+            if delivered and not control:
+                pipe.hset(self.keys.message(mid), "status", SENT)
             await pipe.execute()
         return mid
 
@@ -138,6 +148,18 @@ async def test_unknown_and_control_messages_cannot_be_opened(pushes: Pushes) -> 
         await pushes.tracker.record_interaction(control, "clicked", None, NOW)
 
     assert stats.OPENED not in await pushes.message(control)
+    assert await pushes.counts() == {}
+
+
+async def test_a_push_that_never_reached_the_user_is_neither_opened_nor_converted(pushes: Pushes) -> None:
+    """Still queued (quiet hours), suppressed at send time or failed: the user never saw it."""
+    waiting = await pushes.push("u1", ["a3"], delivered=False)
+
+    with pytest.raises(NotFoundError, match="was sent"):
+        await pushes.tracker.record_interaction(waiting, "opened", None, NOW)
+    await pushes.buy("u1", "a3", NOW + HOUR)
+
+    assert not {stats.OPENED, stats.CONVERTED} & set(await pushes.message(waiting))
     assert await pushes.counts() == {}
 
 
@@ -247,6 +269,8 @@ async def test_a_purchase_converts_the_push_a_real_campaign_run_sent(
     )
     await CampaignRunner(aredis, shop_settings, models, clock=clock).run(campaign, "r1")
     mid = message_id("spring", "r1", "gA-u1")
+    if (await pushes.message(mid))["status"] == QUEUED:
+        await aredis.hset(pushes.keys.message(mid), "status", SENT)  # as the worker does on delivery
     pushed = json.loads((await pushes.message(mid))["items"])
 
     await pushes.buy("gA-u1", pushed[-1], NOW + HOUR)

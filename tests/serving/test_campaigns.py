@@ -141,12 +141,15 @@ async def test_opens_and_clicks_count_once_and_become_events(api: Api) -> None:
     campaign = await services.campaigns.get("now")
     assert (await services.runner.run(campaign, "r1")).messages == 1
     message_id = messages.message_id("now", "r1", "gA-u1")
+    key = Keys(api.settings.redis.prefix).message(message_id)
+    assert_problem(await api.app_client.post(f"/v1/push/{message_id}/opened"), 404)  # not sent yet
+    await services.redis.hset(key, "status", messages.SENT)  # as a worker does once a provider took it
 
     opened = await api.app_client.post(f"/v1/push/{message_id}/opened")
     assert opened.status_code == 200 and opened.json()["first"] is True
     again = await api.app_client.post(f"/v1/push/{message_id}/opened")
     assert again.json()["first"] is False
-    item = await services.redis.hget(Keys(api.settings.redis.prefix).message(message_id), "items")
+    item = await services.redis.hget(key, "items")
     second_item = json.loads(item)[1]
     clicked = await api.app_client.post(f"/v1/push/{message_id}/clicked", json={"item_id": second_item})
     assert clicked.json()["clicked"] is True
