@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from notifier import rules
+from notifier.campaign import Trigger
 from notifier.messages import Message
 from notifier.store import CampaignStore
 from recsvc.config import PushRules, Settings
@@ -42,7 +43,7 @@ class SendWindow:
         self._defaults = settings.notifier.rules
         self._default_zone = settings.notifier.default_timezone
         self._max_delay = settings.notifier.delivery.max_delay_hours * 3600.0
-        self._rules: dict[str, tuple[PushRules, float]] = {}  # campaign id -> (rules, read at)
+        self._campaigns_read: dict[str, tuple[_CampaignView, float]] = {}  # id -> (view, read at)
 
     async def hold(self, message: Message, profile: Mapping[str, Any] | None, now: float) -> Hold | None:
         """None if `message` may be sent at `now`; else why not (see `Hold`)."""
@@ -50,7 +51,7 @@ class SendWindow:
         if expires_at is not None and now > expires_at:
             return Hold(until=None)
         zone = rules.user_zone((profile or {}).get("timezone"), self._default_zone)
-        campaign_rules = await self._campaign_rules(message.campaign_id, now)
+        campaign_rules = (await self._campaign(message.campaign_id, now)).rules
         instant = datetime.fromtimestamp(now, UTC)
         if not rules.in_quiet_hours(instant, campaign_rules, zone):
             return None
@@ -60,13 +61,26 @@ class SendWindow:
         """When `message` is too late to send (unix s); None when it never is."""
         return message.due + self._max_delay if self._max_delay else None
 
-    async def _campaign_rules(self, campaign_id: str, now: float) -> PushRules:
-        cached = self._rules.get(campaign_id)
+    async def trigger(self, campaign_id: str, now: float) -> Trigger | None:
+        """The campaign's trigger (None for a scheduled campaign, or one gone), as of a minute ago."""
+        return (await self._campaign(campaign_id, now)).trigger
+
+    async def _campaign(self, campaign_id: str, now: float) -> _CampaignView:
+        cached = self._campaigns_read.get(campaign_id)
         if cached is not None and now - cached[1] < RULES_CACHE_SECONDS:
             return cached[0]
         try:
-            effective = (await self._campaigns.get(campaign_id)).effective_rules(self._defaults)
+            campaign = await self._campaigns.get(campaign_id)
+            view = _CampaignView(campaign.effective_rules(self._defaults), campaign.trigger)
         except NotFoundError:
-            effective = self._defaults
-        self._rules[campaign_id] = (effective, now)
-        return effective
+            view = _CampaignView(self._defaults, None)
+        self._campaigns_read[campaign_id] = (view, now)
+        return view
+
+
+@dataclass(frozen=True)
+class _CampaignView:
+    """What sending needs of a campaign: its effective rules and its trigger."""
+
+    rules: PushRules
+    trigger: Trigger | None

@@ -42,6 +42,8 @@ MIN_GAP = "min_gap"
 NO_ITEMS = "no_items"  # nothing left to recommend after filters and the no-repeat rule
 # A `trigger_item` push whose triggering item is unavailable, dismissed or recently pushed.
 TRIGGER_ITEM_EXCLUDED = "trigger_item_excluded"
+# A triggered push written, then cancelled at send time by a cancelling event that came after.
+CANCELLED_BY_EVENT = "cancelled_by_event"
 TEMPLATE_ERROR = "template_error"  # the template failed for this user's data
 FORGOTTEN = "forgotten"
 EXPIRED = "expired"  # not sent within `delivery.max_delay_hours` after it fell due

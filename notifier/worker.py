@@ -22,6 +22,9 @@ they were queued (or deferred to the morning) are cancelled, status `failed` wit
 `campaign_deleted`, and counted nowhere, so a campaign created again under the same id starts
 at zero. A push suppressed or cancelled at send time also loses its push record (the one its run
 wrote for caps and gaps): it was never sent, so it must not count toward the user's caps.
+For a triggered campaign the user's recent events are read in that round trip too: a cancelling
+event that came after the push was written (the carted item bought while the reminder waited
+for the morning) drops it as `cancelled_by_event`.
 
 Per message, after its sends:
 - delivered to at least one device: status `sent`, counted `delivered` once;
@@ -55,15 +58,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from notifier import outbox, rules, stats
+from notifier.campaign import Trigger
 from notifier.messages import FAILED, QUEUED, SENT, Message
 from notifier.providers import Outcome, Provider, Push, SendResult, build_provider
 from notifier.ratelimit import RateLimiter
 from notifier.send_window import SendWindow
 from notifier.store import CampaignStore
 from recsvc.config import Settings
+from recsvc.engine import RecentEvent
 from recsvc.keys import Keys
 from recsvc.redis_conn import RedisUnavailable, connect_async, unavailable_as_error
-from recsvc.state import device_field, profile_from_hash, utc_now
+from recsvc.state import device_field, profile_from_hash, recent_event, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +122,7 @@ class _SendTimeState:
     forgotten: bool
     profile: dict[str, Any] | None  # None: the user has no profile
     withdrawn: bool  # one of the message's items is now marked unavailable
+    recent: list[RecentEvent]  # the user's recent events; read for triggered pushes only
 
 
 @dataclass(frozen=True)
@@ -244,9 +250,10 @@ class DeliveryWorker:
             await self._finish(entry, tally=SKIPPED)
             return
         attempts = int(fields.get("attempts") or 0) + 1
-        state = await self._current_state(message)
+        trigger = await self._window.trigger(message.campaign_id, self._now())
+        state = await self._current_state(message, with_history=trigger is not None)
         devices = _devices(state.profile)
-        reason = _suppression(state, devices)
+        reason = _suppression(state, devices) or _cancelled_since(message, fields, trigger, state.recent)
         if reason is not None:
             await self._suppress(entry, message, reason, counted=state.campaign_exists)
             return
@@ -260,8 +267,9 @@ class DeliveryWorker:
         sends = [self._send(message, device_id, token, platform) for device_id, token, platform in devices]
         await self._settle(entry, message, attempts, await asyncio.gather(*sends))
 
-    async def _current_state(self, message: Message) -> _SendTimeState:
-        """The message's campaign, user and items as they are now (see `_SendTimeState`)."""
+    async def _current_state(self, message: Message, *, with_history: bool) -> _SendTimeState:
+        """The message's campaign, user and items as they are now (see `_SendTimeState`); the
+        user's recent events only `with_history` (a triggered push, which they may cancel)."""
         keys = self._keys
         with unavailable_as_error("delivery read profile"):
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -270,13 +278,17 @@ class DeliveryWorker:
                 pipe.hgetall(keys.profile(message.user_id))
                 if message.items:
                     pipe.hmget(keys.catalog_overrides(), list(message.items))
-                campaign_exists, forgotten, stored, *overrides = await pipe.execute()
-        found = overrides[0] if overrides else []
+                if with_history:
+                    pipe.lrange(keys.history(message.user_id), 0, -1)
+                campaign_exists, forgotten, stored, *rest = await pipe.execute()
+        overrides = rest.pop(0) if message.items else []
+        history = rest.pop(0) if with_history else []
         return _SendTimeState(
             campaign_exists=bool(campaign_exists),
             forgotten=bool(forgotten),
             profile=profile_from_hash(message.user_id, stored),
-            withdrawn=any(json.loads(raw).get("available") is False for raw in found if raw),
+            withdrawn=any(json.loads(raw).get("available") is False for raw in overrides if raw),
+            recent=[recent_event(entry) for entry in history],
         )
 
     async def _send(
@@ -441,6 +453,25 @@ def _raise_outage(entries: Sequence[outbox.Entry], outcomes: Sequence[object]) -
             log.error("delivering %s failed", entry.message_id, exc_info=outcome)
     if outage is not None:
         raise outage
+
+
+def _cancelled_since(
+    message: Message, fields: Mapping[str, str], trigger: Trigger | None, recent: Sequence[RecentEvent]
+) -> str | None:
+    """`CANCELLED_BY_EVENT` when a cancelling event of the push's trigger came after the push was
+    written (a cart reminder deferred to the morning, and the item bought meanwhile); with
+    `same_item`, only an event on one of the pushed items counts."""
+    if trigger is None or not trigger.cancel_on:
+        return None
+    written_us = int(float(fields.get("created") or message.due) * 1e6)
+    cancelling = (
+        event
+        for event in recent
+        if event.type in trigger.cancel_on
+        and event.ts_us >= written_us
+        and (not trigger.same_item or event.item_id in message.items)
+    )
+    return stats.CANCELLED_BY_EVENT if next(cancelling, None) is not None else None
 
 
 def _suppression(state: _SendTimeState, devices: Sequence[tuple[str, str, str | None]]) -> str | None:

@@ -48,7 +48,7 @@ from notifier.worker import (
 from recsvc.config import Settings
 from recsvc.keys import DELIVERY_GROUP, Keys
 from recsvc.redis_conn import RedisUnavailable
-from recsvc.state import Store, profile_changes, utc_now
+from recsvc.state import Event, Store, profile_changes, utc_now
 
 pytestmark = pytest.mark.anyio
 
@@ -420,6 +420,39 @@ async def test_a_push_of_an_item_marked_unavailable_since_it_was_prepared_is_sup
         stats.suppressed(stats.UNAVAILABLE_ITEM): 1,
     }
     await delivery.assert_outbox_empty()
+
+
+async def test_a_triggered_push_is_cancelled_by_a_cancelling_event_after_it_was_written(
+    delivery: Delivery,
+) -> None:
+    """A cart reminder deferred to the morning, and the item bought meanwhile: no push."""
+    trigger = {"event": "add_to_cart", "delay_minutes": 60, "cancel_on": ["purchase"], "same_item": True}
+    reminder = campaign(trigger=trigger)
+    await delivery.aredis.hset(delivery.keys.campaigns(), reminder.id, reminder.model_dump_json())
+    for user in ("gA-u1", "gA-u2", "gA-u3"):
+        await delivery.user(user, f"tok-{user}")
+    bought_it, bought_other, bought_before = [await delivery.queue(u) for u in ("gA-u1", "gA-u2", "gA-u3")]
+    await delivery.store.record_events(
+        [
+            Event("gA-u1", bought_it.items[0], "purchase", NOW + timedelta(minutes=5)),
+            Event("gA-u2", "b9", "purchase", NOW + timedelta(minutes=5)),  # same_item: another item
+            Event("gA-u3", bought_before.items[0], "purchase", NOW - timedelta(minutes=5)),
+        ],
+        [None, None, None],
+    )
+    delivery.clock.now = NOW + timedelta(minutes=10)
+
+    await delivery.worker().run(burst=True)
+
+    assert sorted(delivery.receiver.delivered_keys()) == sorted(
+        f"{message.message_id}:d0" for message in (bought_other, bought_before)
+    )
+    state = await delivery.message_state(bought_it)
+    assert (state["status"], state["error"]) == ("failed", stats.CANCELLED_BY_EVENT)
+    assert await delivery.counters() == {
+        stats.DELIVERED: 2,
+        stats.suppressed(stats.CANCELLED_BY_EVENT): 1,
+    }
 
 
 @pytest.mark.parametrize("path", ["queued", "deferred by the run", "held for the morning", "triggered"])
