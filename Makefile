@@ -28,15 +28,17 @@ ifeq ($(EVENTS),)
 	$(BIN)/recsvc train --config $(CONFIG) --events $(DATA_DIR) --promote-if-better
 	$(BIN)/recsvc users import $(DATA_DIR) --demo-devices --config $(CONFIG)
 else
-	$(BIN)/recsvc train --config $(CONFIG) --events $(EVENTS) --promote-if-better
+	$(BIN)/recsvc train --config $(CONFIG) --events $(EVENTS) --promote
 	@if [ -f "$(EVENTS)/users.parquet" ]; then $(BIN)/recsvc users import "$(EVENTS)" --demo-devices --config $(CONFIG); fi
 	@mkdir -p $(OWN_DATA_DIR)/events
 endif
 	$(BIN)/recsvc models list --config $(CONFIG)
 	$(BIN)/recsvc up --config $(CONFIG) --demo-campaign $(DEMO_CAMPAIGN)
 
-# With EVENTS, the events the API receives are archived into a folder of their own, and the
-# scheduler's nightly retrain trains on EVENTS and them (not on the synthetic shop in DATA_DIR).
+# With EVENTS, the model trained on them is promoted (a score measured on other data, such as an
+# earlier synthetic shop's, says nothing about it); the events the API receives are archived into a
+# folder of their own, and the scheduler's nightly retrain trains on EVENTS and them, promoting
+# only a better model (not on the synthetic shop in DATA_DIR).
 ifneq ($(EVENTS),)
 run: export RECSVC_DATA__DIR = $(OWN_DATA_DIR)
 run: export RECSVC_NOTIFIER__SCHEDULER__RETRAIN_COMMAND = ["recsvc", "train", "--events", "$(EVENTS)", "$(OWN_DATA_DIR)", "--promote-if-better"]
