@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -26,7 +26,10 @@ from recsvc.engine import Engine, RecentEvent, Recommendation
 from recsvc.errors import NotFoundError
 from recsvc.state import unix_micros
 
-Group = Literal["treatment", "control", "not_sampled", "not_in_segment"]
+Group = Literal["treatment", "control", "not_sampled", "not_in_segment", "not_due"]
+# A local-time campaign is prepared once a day: each preparation writes the pushes falling due
+# within a day of it, and leaves a user whose next allowed day is later to the preparation before it.
+PREPARATION_WINDOW = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ def _plan(user: UserData, ctx: Context, behaviour: Behaviour, explain: bool) -> 
     profile = user.profile or {}
     zone = rules.user_zone(profile.get("timezone"), ctx.default_zone)
     timing = rules.timing(_scheduled(ctx, zone), ctx.rules, zone)
+    if isinstance(campaign.schedule, LocalTimeSchedule) and timing.scheduled - ctx.now >= PREPARATION_WINDOW:
+        return Outcome(user, "not_due", checks, timing=timing)  # `weekdays` skip until after tomorrow
     if segments.in_control(segment, campaign.id, user.user_id):
         return Outcome(user, "control", checks, timing=timing)
     outcome = Outcome(user, "treatment", checks, timing=timing)

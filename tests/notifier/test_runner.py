@@ -299,6 +299,23 @@ async def test_a_text_too_long_or_refused_for_a_users_data_is_a_template_error(
 # --- sampling and control ---------------------------------------------------------------------------
 
 
+async def test_a_local_time_campaign_on_some_weekdays_writes_each_push_once(
+    runner: CampaignRunner, store: Store, aredis: aioredis.Redis, keys: Keys, clock: ManualClock
+) -> None:
+    """Prepared every day, it writes a user's Saturday push only in the preparation within a day
+    of it: each earlier one used to write another message for the same Saturday."""
+    await put_profiles(store, {"gA-u1": {**REACHABLE, "timezone": "UTC"}})
+    weekend = campaign(schedule={"kind": "local_time", "at": "09:00", "weekdays": ["sat"]})
+    assert NOW.strftime("%a") == "Thu"
+    counts = []
+    for day in range(3):  # Thursday, Friday and Saturday at noon
+        clock.now = NOW + timedelta(days=day)
+        counts.append((await runner.run(weekend, f"d{day}")).counts)
+    assert counts == [{}, {"targeted": 1, "sent": 1}, {}]
+    saturday_morning = datetime(2024, 2, 3, 9, 0, tzinfo=UTC).timestamp()
+    assert await delayed(aredis, keys) == {mid("spring", "d1", "gA-u1"): saturday_morning}
+
+
 async def test_control_group_is_stable_across_runs_and_never_sent(
     runner: CampaignRunner, store: Store, aredis: aioredis.Redis, keys: Keys, clock: ManualClock
 ) -> None:
