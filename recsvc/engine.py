@@ -36,7 +36,7 @@ from recsvc.artifact import ModelArtifact
 from recsvc.catalog import Catalog
 from recsvc.config import Settings
 from recsvc.errors import InputError, NotFoundError
-from recsvc.foldin import FoldIn
+from recsvc.foldin import BprFoldIn, FoldIn
 from recsvc.ranking import Blocked, Ranked, Scorer, item_norms, ranked_list, top_k
 from recsvc.weighting import decay_factors, type_weights
 
@@ -48,6 +48,7 @@ Strategy = Literal["personalized", "realtime", "popular"]
 _INTS = np.zeros(0, dtype=np.int64)
 _NO_SCORES = np.zeros(0, dtype=np.float32)
 _CHUNK_USERS = 16_384
+_NORM_SAMPLE = 100_000
 
 
 @dataclass(frozen=True)
@@ -494,20 +495,32 @@ def _csr_rows(matrix: Any, rows: npt.NDArray[np.int64], known_at: npt.NDArray[np
     return _Rows(users, np.asarray(matrix.indices[at], dtype=np.int64), np.asarray(matrix.data[at]))
 
 
-def _fold_in(artifact: ModelArtifact, items: npt.NDArray[np.float32], settings: Settings) -> FoldIn:
-    """The fold-in of this model's family, with the regularization (and alpha) it was fitted with."""
+def _fold_in(
+    artifact: ModelArtifact, items: npt.NDArray[np.float32], settings: Settings
+) -> FoldIn | BprFoldIn:
+    """The fold-in of this model's family: ALS with the regularization and alpha it was fitted
+    with; BPR at the typical length of its own user vectors."""
     parameters = artifact.manifest.get("parameters", {})
     family = parameters.get("model", "als")
-    configured = settings.training.bpr if family == "bpr" else settings.training.als
+    if family == "bpr":
+        return BprFoldIn(items, user_norm=_typical_norm(artifact.user_factors))
+    configured = settings.training.als
     if "regularization" not in parameters:
         log.warning(
             "model manifest has no regularization; using the configured %s", configured.regularization
         )
     regularization = float(parameters.get("regularization", configured.regularization))
-    if family == "bpr":
-        return FoldIn(items, regularization=regularization, alpha=1.0, item_bias=True)
-    alpha = float(parameters.get("alpha", settings.training.als.alpha))
+    alpha = float(parameters.get("alpha", configured.alpha))
     return FoldIn(items, regularization=regularization, alpha=alpha)
+
+
+def _typical_norm(user_factors: npt.NDArray[np.float32]) -> float:
+    """The median length of the model's non-zero user vectors without the bias column, from at
+    most `_NORM_SAMPLE` evenly spaced users (a million rows need not all be read); 1 for none."""
+    step = max(1, len(user_factors) // _NORM_SAMPLE)
+    norms = np.linalg.norm(np.asarray(user_factors[::step, :-1], dtype=np.float64), axis=1)
+    norms = norms[norms > 0]
+    return float(np.median(norms)) if len(norms) else 1.0
 
 
 def _last_training_event_us(manifest: dict[str, Any]) -> int | None:

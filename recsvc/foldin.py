@@ -11,12 +11,16 @@ Items with w_i <= 0 are left out, as training's matrix drops zero cells. λ is t
 regularization, used as is (implicit does not scale it by the number of items).
 
 BPR models (implicit's `BayesianPersonalizedRanking`) carry an item bias as the last column of
-the item factors and a constant 1 as the last column of the user factors. They have no closed
-form of their own, so they use the same least squares with alpha = 1 over the other columns,
-with each item's bias moved to the target side, and a 1 appended to the result: the vector then
-scores items exactly as BPR's own user vectors do (x · y_i + bias_i).
+the item factors and a constant 1 as the last column of the user factors. Their objective has no
+closed form for one user. Least squares against BPR's factors does not stand in for it: it learns
+to cancel the item biases and ranks everything but the user's own items by noise (on ML-100K
+its top 10 shared 1.7 items with BPR's own user vectors, and every real-time user got the same
+rarely bought items). A BPR user vector is therefore the weighted mean of their items' factors,
+scaled to the typical length of the model's user vectors (`user_norm`), with the 1 appended: it
+points where the user's items point and weighs against the biases as BPR's own vectors do (5.6
+of 10 shared on ML-100K).
 
-Solves are batched: users are sorted by how many items they have and solved in chunks of
+ALS solves are batched: users are sorted by how many items they have and solved in chunks of
 similar length, each one padded stack of small systems for `np.linalg.solve`.
 """
 
@@ -24,36 +28,24 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 
 _CHUNK_USERS = 256
 _GRAM_ROWS = 65_536
 
 
 class FoldIn:
-    """Solves user vectors against one model's item factors; precomputes YᵀY + λI once."""
+    """Solves ALS user vectors against one model's item factors; precomputes YᵀY + λI once."""
 
-    def __init__(
-        self,
-        item_factors: npt.NDArray[np.float32],
-        *,
-        regularization: float,
-        alpha: float,
-        item_bias: bool = False,
-    ) -> None:
+    def __init__(self, item_factors: npt.NDArray[np.float32], *, regularization: float, alpha: float) -> None:
         self._items = item_factors
         self._alpha = float(alpha)
-        self._bias = item_bias
-        free = item_factors.shape[1] - (1 if item_bias else 0)
         self.factors = item_factors.shape[1]
-        gram = np.zeros((free, free), dtype=np.float64)
-        bias_term = np.zeros(free, dtype=np.float64)
+        gram = np.zeros((self.factors, self.factors), dtype=np.float64)
         for start in range(0, len(item_factors), _GRAM_ROWS):  # bounded float64 temporaries
             block = np.asarray(item_factors[start : start + _GRAM_ROWS], dtype=np.float64)
-            gram += block[:, :free].T @ block[:, :free]
-            if item_bias:
-                bias_term += block[:, :free].T @ block[:, free]
-        self._gram = gram + float(regularization) * np.eye(free)
-        self._bias_term = bias_term  # Y'ᵀ bias: every item's bias is a target of weight 1
+            gram += block.T @ block
+        self._gram = gram + float(regularization) * np.eye(self.factors)
 
     def solve(
         self,
@@ -89,19 +81,40 @@ class FoldIn:
         items = np.where(present, indices[positions], 0)
         confidence = np.where(present, self._alpha * np.asarray(weights, dtype=np.float64)[positions], 0.0)
 
-        factors = np.asarray(self._items[items.ravel()], dtype=np.float64).reshape(len(rows), width, -1)
-        free = self._gram.shape[0]
-        y = factors[:, :, :free]
+        y = np.asarray(self._items[items.ravel()], dtype=np.float64).reshape(len(rows), width, -1)
         extra = np.where(present, confidence - 1.0, 0.0)  # the "- 1": YᵀY already counts each item once
         a = self._gram + np.matmul(y.transpose(0, 2, 1) * extra[:, None, :], y)
         b = np.einsum("ul,uld->ud", confidence, y)
-        if self._bias:
-            bias = factors[:, :, free]
-            b -= self._bias_term + np.einsum("ul,uld->ud", extra * bias, y)
         try:
             x = np.linalg.solve(a, b[:, :, None])[:, :, 0]
         except np.linalg.LinAlgError:  # singular only without regularization: least norm instead
             x = np.einsum("uij,uj->ui", np.linalg.pinv(a), b)
-        if self._bias:
-            x = np.concatenate([x, np.ones((len(rows), 1))], axis=1)
         return x.astype(np.float32)
+
+
+class BprFoldIn:
+    """BPR user vectors: the weighted mean direction of their items' factors (see the module)."""
+
+    def __init__(self, item_factors: npt.NDArray[np.float32], *, user_norm: float) -> None:
+        self._items = item_factors  # the last column is the item bias
+        self._user_norm = float(user_norm)
+        self.factors = item_factors.shape[1]
+
+    def solve(
+        self,
+        indptr: npt.NDArray[np.integer],
+        indices: npt.NDArray[np.integer],
+        weights: npt.NDArray[np.floating],
+    ) -> npt.NDArray[np.float32]:
+        """One vector per CSR row, at `user_norm` with the bias's 1; a row with no item gets zeros."""
+        rows = len(indptr) - 1
+        matrix = sp.csr_matrix(
+            (np.asarray(weights, dtype=np.float64), indices, indptr), shape=(rows, len(self._items))
+        )
+        summed = np.asarray(matrix @ np.asarray(self._items[:, :-1], dtype=np.float64))
+        norms = np.linalg.norm(summed, axis=1)
+        scale = np.divide(self._user_norm, norms, out=np.zeros(rows), where=norms > 0)
+        result = np.zeros((rows, self.factors), dtype=np.float32)
+        result[:, :-1] = summed * scale[:, None]
+        result[:, -1] = norms > 0
+        return result
