@@ -89,6 +89,11 @@ def is_event_file(path: Path) -> bool:
     return path.name.endswith(EVENT_FILE_SUFFIXES) and not path.name.startswith(".")
 
 
+def event_files_under(folder: Path) -> list[Path]:
+    """The event files anywhere under `folder`, sorted; none for a folder without any (yet)."""
+    return sorted(path for path in folder.rglob("*") if path.is_file() and is_event_file(path))
+
+
 def find_event_files(paths: Sequence[str | Path]) -> list[Path]:
     """Expand files and folders (recursively, sorted) into event files, each once."""
     found: dict[Path, None] = {}
@@ -99,7 +104,7 @@ def find_event_files(paths: Sequence[str | Path]) -> list[Path]:
                 raise EventFileError(str(path), None, f"not an event file: expected {_suffixes()}")
             found.setdefault(path, None)
         elif path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and is_event_file(p))
+            inside = event_files_under(path)
             if not inside:
                 raise EventFileError(str(path), None, f"folder holds no event files ({_suffixes()})")
             found.update(dict.fromkeys(inside))

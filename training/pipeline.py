@@ -118,7 +118,7 @@ def dataset_inputs(
     once), else the configured dataset folder. The catalog is `items`, else the one dataset
     folder's `items.parquet`; two dataset folders with one each must name one."""
     given = [settings.data.dir] if events is None else [events] if isinstance(events, Path) else list(events)
-    empty = [path for path in given if _holds_no_event_files(path)]
+    empty = [path for path in given if path.is_dir() and not io.event_files_under(path)]
     if empty and len(empty) < len(given):  # e.g. an archive folder before its first run
         log.warning("no event files yet in %s; training on the other inputs", ", ".join(map(str, empty)))
         given = [path for path in given if path not in empty]
@@ -132,10 +132,6 @@ def dataset_inputs(
         listed = ", ".join(map(str, catalogs))
         raise InputError(f"several catalogs ({listed}): choose one with --items", field="items")
     return list(dict.fromkeys(files)), items if items is not None else next(iter(catalogs), None)
-
-
-def _holds_no_event_files(path: Path) -> bool:
-    return path.is_dir() and not any(found.is_file() and io.is_event_file(found) for found in path.rglob("*"))
 
 
 def split_events(settings: Settings, events: EncodedEvents) -> Split:
